@@ -1,0 +1,39 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both create .venv and install what they need.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-dev
+# torch/torchvision come from the local wheel store where one exists; the pins match it.
+TORCH   := torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint venv bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	# TensorRT-RTX: the one TensorRT builder that installs (and builds engines) on a CPU-only machine.
+	$(BIN)/pip install -q tensorrt-rtx-cu13 || echo "tensorrt-rtx-cu13 not installable here: engine-build tests will skip and say why"
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/slab-edge demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check slab_edge tests models export runtime examples bench
+	$(BIN)/ruff format --check slab_edge tests models export runtime examples bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/vision_suite.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,125 @@
+"""Simplified linear attention (SLA) for vision: ReLU-kernel linear attention + a shared depthwise conv on V.
+
+Layer maths (REFERENCE §1): q, k, v = projections of x; k += P (learnable positional encoding, zero init);
+Q, K = ReLU(q), ReLU(k); per head O = Q (K^T V) / (Q . sum K + eps) in float32; O += DWC(V) with ONE 5x5
+depthwise conv over the head dimension shared by all heads; merge heads; output projection.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slab_edge.ops.sla import sla_core
+
+
+def sla_mix(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, hw: tuple[int, int], dwc: nn.Conv2d
+) -> torch.Tensor:
+    """Multi-head SLA token mixing before the output projection.
+
+    Args:
+        q, k, v: [B, N, C] projected queries, keys (positional encoding already added) and values.
+        num_heads: h; head dim d = C / h.
+        hw: (H, W) with H * W = N, the token grid DWC runs on.
+        dwc: depthwise Conv2d(d, d, k, groups=d) shared by all heads.
+
+    Returns:
+        [B, N, C] in v's dtype.
+    """
+    b, n, c = q.shape
+    h, w = hw
+    d = c // num_heads
+    q = F.relu(q).reshape(b, n, num_heads, d).transpose(1, 2)  # [B, h, N, d]
+    k = F.relu(k).reshape(b, n, num_heads, d).transpose(1, 2)
+    v = v.reshape(b, n, num_heads, d).transpose(1, 2)
+    out = sla_core(q, k, v)  # [B, h, N, d] float32
+    fmap = v.reshape(b * num_heads, h, w, d).permute(0, 3, 1, 2)  # [B*h, d, H, W]
+    fmap = dwc(fmap).permute(0, 2, 3, 1).reshape(b, num_heads, n, d)
+    out = out + fmap
+    return out.transpose(1, 2).reshape(b, n, c).to(v.dtype)  # [B, N, C]
+
+
+def resample_positional_encoding(pe: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a [1, H*W, C] positional encoding to a new grid (timm's convention)."""
+    if tuple(old_hw) == tuple(new_hw):
+        return pe
+    from timm.layers import resample_abs_pos_embed
+
+    return resample_abs_pos_embed(pe, new_size=list(new_hw), old_size=list(old_hw), num_prefix_tokens=0)
+
+
+class SimplifiedLinearAttention(nn.Module):
+    """SLA over a token grid. Input [B, N, C] with N = H * W; output [B, N, C].
+
+    Parameters (official names): qkv (fused) or q + kv (PVT), proj, dwc, positional_encoding [1, N, C].
+
+    Args:
+        dim: C.
+        num_heads: h.
+        grid_size: (H, W) the positional encoding is built for.
+        qkv_bias: bias on the input projections.
+        kernel_size: DWC kernel (5 in every official model).
+        split_qkv: separate q and kv projections (PVT naming) instead of one qkv.
+        dynamic_size: accept other grids by bicubic resampling of the positional encoding; otherwise a
+            grid other than grid_size raises ValueError.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        grid_size: tuple[int, int],
+        qkv_bias: bool = True,
+        kernel_size: int = 5,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        split_qkv: bool = False,
+        dynamic_size: bool = False,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_heads = dim, num_heads
+        self.head_dim = dim // num_heads
+        self.grid_size = tuple(grid_size)
+        self.dynamic_size = dynamic_size
+        self.split_qkv = split_qkv
+        if split_qkv:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.dwc = nn.Conv2d(self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2, groups=self.head_dim)
+        self.positional_encoding = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], dim))
+
+    @property
+    def input_linear(self) -> list[nn.Linear]:
+        """The Linear layers that read the attention input (the ones a preceding norm folds into)."""
+        return [self.q, self.kv] if self.split_qkv else [self.qkv]
+
+    def positional_encoding_for(self, hw: tuple[int, int]) -> torch.Tensor:
+        if tuple(hw) == self.grid_size:
+            return self.positional_encoding
+        if not self.dynamic_size:
+            raise ValueError(
+                f"SLA positional encoding is fixed to a {self.grid_size[0]}x{self.grid_size[1]} token grid, "
+                f"got {hw[0]}x{hw[1]}; build the model for this image size (img_size=...) or pass "
+                "dynamic_img_size=True to resample it"
+            )
+        return resample_positional_encoding(self.positional_encoding, self.grid_size, hw)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        hw = tuple(hw) if hw is not None else self.grid_size
+        if self.split_qkv:
+            q = self.q(x)
+            k, v = self.kv(x).chunk(2, dim=-1)
+        else:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        k = k + self.positional_encoding_for(hw)
+        out = sla_mix(q, k, v, self.num_heads, hw, self.dwc)
+        return self.proj_drop(self.proj(out))

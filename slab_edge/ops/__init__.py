@@ -1,0 +1,1 @@
+"""Stateless tensor functions: naive references, chunkwise and recurrent forms, optional fast kernels."""

@@ -1,0 +1,47 @@
+"""Simplified linear attention (SLA) core, non-causal (vision).
+
+Written with MatMul / ReduceSum / Div only so that it exports to ONNX without Einsum, and computed in
+float32 even under autocast: the K^T V product and the normalizer overflow in fp16.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SLA_EPS = 1e-6
+
+
+def use_linear_order(num_tokens: int, head_dim: int) -> bool:
+    """True when Q (K^T V) is cheaper than (Q K^T) V: N*N*2d > d*d*2N, i.e. N > d."""
+    return num_tokens * num_tokens * 2 * head_dim > head_dim * head_dim * 2 * num_tokens
+
+
+def sla_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = SLA_EPS) -> torch.Tensor:
+    """ReLU-kernel linear attention with a per-query normalizer, no softmax and no scale.
+
+    Args:
+        q: [..., N, d] queries after the ReLU feature map.
+        k: [..., N, d] keys after the ReLU feature map.
+        v: [..., N, d_v] values.
+        eps: added to the normalizer q_i . sum_j k_j.
+
+    Returns:
+        [..., N, d_v] in float32: (q_i . sum_j k_j v_j^T) / (q_i . sum_j k_j + eps).
+    """
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v = q.float(), k.float(), v.float()
+        k_sum = k.sum(dim=-2, keepdim=True)  # [..., 1, d]
+        z = q @ k_sum.transpose(-2, -1) + eps  # [..., N, 1]
+        if use_linear_order(q.shape[-2], q.shape[-1]):
+            out = q @ (k.transpose(-2, -1) @ v)  # [..., N, d] @ [..., d, d_v]
+        else:
+            out = (q @ k.transpose(-2, -1)) @ v  # [..., N, N] @ [..., N, d_v]
+        out = out / z
+    return out
+
+
+def sla_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = SLA_EPS) -> torch.Tensor:
+    """Element-wise definition in float64, for tests: O_i = sum_j (q_i.k_j) v_j / (sum_j q_i.k_j + eps)."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = torch.einsum("...id,...jd->...ij", q, k)
+    return torch.einsum("...ij,...jv->...iv", scores, v) / (scores.sum(-1, keepdim=True) + eps)
