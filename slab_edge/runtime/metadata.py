@@ -1,0 +1,89 @@
+"""The contract between export and runtime: ONNX metadata_props keys and the engine sidecar JSON.
+
+Export writes these; the device reads them, so the model file alone carries its preprocessing, labels and
+provenance. Values are strings in ONNX (lists and numbers JSON-encoded); `read_model_metadata` decodes them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "slab_edge."
+
+#: key -> (JSON-encoded?, meaning)
+KEYS: dict[str, tuple[bool, str]] = {
+    "task": (False, "classification | lm-prefill | lm-decode"),
+    "model": (False, "registered model name, e.g. slab_deit_tiny_patch16_224"),
+    "version": (False, "slab-edge version that exported the file"),
+    "folded": (True, "true if every foldable norm was folded before export"),
+    "precision": (False, "fp32 | fp16 | int8"),
+    "input_name": (False, "name of the image input tensor"),
+    "input_size": (True, "[C, H, W] the model was exported for"),
+    "mean": (True, "[r, g, b] normalisation mean (0-1 scale)"),
+    "std": (True, "[r, g, b] normalisation std (0-1 scale)"),
+    "interpolation": (False, "resize filter: bicubic | bilinear | nearest"),
+    "crop_pct": (True, "center-crop fraction used at evaluation"),
+    "labels": (True, "list of class names, index = class id"),
+    "dynamic_batch": (True, "true if the batch dimension is dynamic"),
+    # language models (issue 5)
+    "tokenizer": (False, "byte | bpe:<file name beside the model>"),
+    "state_layout": (True, "list of {name, shape, dtype} of the recurrent-state inputs/outputs per layer"),
+    "max_prompt_len": (True, "longest prompt the prefill graph accepts (null = any)"),
+    "vocab_size": (True, "vocabulary size"),
+}
+
+SIDECAR_SUFFIX = ".json"
+
+
+def encode_metadata(values: dict[str, Any]) -> dict[str, str]:
+    """{key: value} -> {"slab_edge.key": str} for onnx metadata_props. Unknown keys raise KeyError."""
+    out = {}
+    for key, value in values.items():
+        if key not in KEYS:
+            raise KeyError(f"unknown slab-edge metadata key {key!r}")
+        is_json, _ = KEYS[key]
+        out[PREFIX + key] = json.dumps(value) if is_json else str(value)
+    return out
+
+
+def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """onnx metadata_props (or a sidecar's "onnx_metadata") -> {key: decoded value}; foreign keys ignored."""
+    out: dict[str, Any] = {}
+    for full_key, raw in props.items():
+        if not full_key.startswith(PREFIX):
+            continue
+        key = full_key[len(PREFIX) :]
+        is_json = KEYS.get(key, (False, ""))[0]
+        out[key] = json.loads(raw) if is_json else raw
+    return out
+
+
+@dataclass
+class EngineSidecar:
+    """What `<engine>.json` holds next to a serialized TensorRT / TensorRT-RTX engine.
+
+    builder: {"flavour": "tensorrt" | "tensorrt_rtx", "version": "10.3.0"}
+    gpu: {"name": ..., "compute_capability": "8.7"} (the build machine's; "none" for CPU-only RTX builds)
+    precision: "fp32" | "fp16" | "int8" | "strongly-typed"
+    profiles: [{input name: {"min": [...], "opt": [...], "max": [...]}}]
+    onnx_metadata: the ONNX file's metadata_props, verbatim (slab_edge.* keys)
+    """
+
+    builder: dict[str, str]
+    gpu: dict[str, str]
+    precision: str
+    profiles: list[dict[str, dict[str, list[int]]]]
+    onnx_metadata: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    onnx_file: str = ""
+    onnx_sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EngineSidecar:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
