@@ -1,1 +1,624 @@
-"""placeholder: being written"""
+"""SLAB-CSwin ("LLSS"), registered in timm.
+
+Structure and parameter names follow the official SLAB code (github.com/xinghaochen/SLAB, f58db00):
+
+    stage1_conv_embed: Conv 7x7/4 (pad 2) -> tokens -> norm             [B, 56*56, C]
+    stageN.j: x + proj(attention(qkv(norm1(x)))), x + mlp(norm2(x))    (pre-norm blocks)
+    mergeN: tokens -> map -> Conv 3x3/2 (pad 1) -> tokens -> norm        (C -> 2C, H -> H/2)
+    norm -> mean over tokens -> head
+
+Attention per block: qkv = Linear(C, 3C) on the normalized tokens, then either one branch over the
+whole map (`attns.0`, all heads) when the stage's split size equals the map side (and always in the
+last stage), or two cross-shaped branches on channel halves (`attns.0`: vertical stripes H x split,
+`attns.1`: horizontal stripes split x W, half the heads each), concatenated before `proj`.
+
+- 'L' stages (1-2) use the SLA split sizes 56 and 28 = the map side: one global SLA branch. SLA
+  (REFERENCE §1: k += positional encoding [1, N, C], ReLU feature maps, fp32 core, one 5x5 depthwise conv
+  on V shared by the heads) plus LePE: a 3x3 depthwise conv `get_v` over all channels of V, added to the
+  output. The official SLA module carries a parameter `scale` [1, 1, C] that its forward never reads
+  (a leftover of FLatten's focusing function); it is kept so official checkpoints load strictly.
+- 'S' stages (3-4) use CSwin's softmax LePE attention (scale head_dim^-0.5) with split 7: cross-shaped
+  14x7 / 7x14 stripes in stage 3, full 7x7 attention in stage 4.
+Norms are progressive norms (LayerNorm -> RepBN over `prepbn_steps` = 120k optimizer steps).
+
+Folding (`reparameterize()`, eval semantics): norm1 -> qkv, norm2 -> mlp.fc1, the conv-embed and merge
+norms -> their convs' output channels, final norm -> head. Every norm folds (the final norm stays only
+when there is no classifier; it is then listed in `model.unfoldable_norms`).
+
+Image size is fixed at construction (`img_size`, a multiple of 32 whose stage maps the split sizes
+divide); a forward with another size raises ValueError naming the expected size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from slab_edge.errors import InputError
+from slab_edge.layers.reparam import absorb_into_following, absorb_into_preceding
+from slab_edge.models._common import make_norm_layer, unfoldable_norm_names
+from slab_edge.models._registry import register_slab_model
+from slab_edge.ops.sla import sla_core
+
+__all__ = ["SlabCSwinTransformer", "checkpoint_filter_fn"]
+
+#: Decay steps T of the progressive norm in the official SLAB-CSwin configs (REFERENCE §2).
+SLAB_CSWIN_PREPBN_STEPS = 120_000
+
+
+# ----------------------------------------------------------------------------------------- stripe maths
+def img_to_stripes(x: torch.Tensor, res: int, h_sp: int, w_sp: int) -> torch.Tensor:
+    """Tokens [B, res*res, C] -> stripes [B * nS, h_sp * w_sp, C] (row-major stripes and tokens)."""
+    b, _, c = x.shape
+    x = x.view(b, res // h_sp, h_sp, res // w_sp, w_sp, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h_sp * w_sp, c)
+
+
+def stripes_to_img(x: torch.Tensor, res: int, h_sp: int, w_sp: int) -> torch.Tensor:
+    """Inverse of img_to_stripes: [B * nS, h_sp * w_sp, C] -> [B, res*res, C]."""
+    c = x.shape[-1]
+    x = x.view(-1, res // h_sp, res // w_sp, h_sp, w_sp, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, res * res, c)
+
+
+# ----------------------------------------------------------------------------------------- attention
+class LePEAttention(nn.Module):
+    """Softmax attention inside stripes plus LePE (3x3 depthwise conv on V), on one channel group.
+
+    Input q, k, v [B, res*res, C] (C = this branch's channels); output [B, res*res, C].
+
+    Args:
+        dim: C of this branch.
+        res: side of the square stage map.
+        idx: -1 whole map, 0 vertical stripes (res x split), 1 horizontal stripes (split x res).
+        split: stripe width.
+        num_heads: heads of this branch.
+    """
+
+    def __init__(
+        self, dim: int, res: int, idx: int, split: int, num_heads: int, attn_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.dim, self.res, self.num_heads = dim, res, num_heads
+        self.h_sp, self.w_sp = _stripe_shape(res, idx, split)
+        self.scale = (dim // num_heads) ** -0.5
+        self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.attn_drop = nn.Dropout(attn_drop)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B', n, C] -> [B', h, n, d]."""
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        res, h_sp, w_sp = self.res, self.h_sp, self.w_sp
+        q = self._heads(img_to_stripes(q, res, h_sp, w_sp))
+        k = self._heads(img_to_stripes(k, res, h_sp, w_sp))
+        v = img_to_stripes(v, res, h_sp, w_sp)  # [B', n, C]
+        bs, n, c = v.shape
+        lepe = self.get_v(v.transpose(1, 2).reshape(bs, c, h_sp, w_sp)).reshape(bs, c, n).transpose(1, 2)
+        attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))  # [B', h, n, n]
+        out = (attn @ self._heads(v)).transpose(1, 2).reshape(bs, n, c) + lepe
+        return stripes_to_img(out, res, h_sp, w_sp)
+
+
+class LePESLA(nn.Module):
+    """Simplified linear attention inside stripes plus LePE, on one channel group.
+
+    Input q, k, v [B, res*res, C]; output [B, res*res, C]. Parameters (official names): positional_encoding
+    [1, n, C] added to k, get_v (3x3 depthwise LePE conv on V, all C channels), dwc (one depthwise conv over
+    the head dimension, shared by all heads, on V), scale [1, 1, C] (unused by the official forward; kept for
+    strict loading).
+    """
+
+    def __init__(
+        self, dim: int, res: int, idx: int, split: int, num_heads: int, kernel_size: int = 5
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.res, self.num_heads = dim, res, num_heads
+        self.head_dim = dim // num_heads
+        self.h_sp, self.w_sp = _stripe_shape(res, idx, split)
+        self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        d = self.head_dim
+        self.dwc = nn.Conv2d(d, d, kernel_size, padding=kernel_size // 2, groups=d)
+        self.scale = nn.Parameter(torch.zeros(1, 1, dim))
+        self.positional_encoding = nn.Parameter(torch.zeros(1, self.h_sp * self.w_sp, dim))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        res, h_sp, w_sp = self.res, self.h_sp, self.w_sp
+        heads, d = self.num_heads, self.head_dim
+        q = img_to_stripes(q, res, h_sp, w_sp)  # [B', n, C]
+        k = img_to_stripes(k, res, h_sp, w_sp) + self.positional_encoding
+        v = img_to_stripes(v, res, h_sp, w_sp)
+        bs, n, c = v.shape
+        v_map = v.transpose(1, 2).reshape(bs, c, h_sp, w_sp)  # [B', C, h_sp, w_sp]
+        lepe = self.get_v(v_map).reshape(bs, c, n).transpose(1, 2)  # [B', n, C]
+        q = F.relu(q).reshape(bs, n, heads, d).transpose(1, 2)  # [B', h, n, d]
+        k = F.relu(k).reshape(bs, n, heads, d).transpose(1, 2)
+        out = sla_core(q, k, v.reshape(bs, n, heads, d).transpose(1, 2))  # [B', h, n, d], float32
+        fmap = self.dwc(v_map.reshape(bs * heads, d, h_sp, w_sp)).reshape(bs, heads, d, n).transpose(2, 3)
+        out = (out + fmap).transpose(1, 2).reshape(bs, n, c).to(v.dtype) + lepe
+        return stripes_to_img(out, res, h_sp, w_sp)
+
+
+def _stripe_shape(res: int, idx: int, split: int) -> tuple[int, int]:
+    if idx == -1:
+        return res, res
+    if idx == 0:
+        return res, split
+    if idx == 1:
+        return split, res
+    raise ValueError(f"stripe branch index must be -1, 0 or 1, got {idx}")
+
+
+# ----------------------------------------------------------------------------------------- blocks
+class CSwinBlock(nn.Module):
+    """Pre-norm CSwin block on [B, res*res, C] tokens.
+
+    Args:
+        dim: C.
+        res: side of the stage map.
+        num_heads: heads (split between the two stripe branches).
+        split: stripe width; equal to `res` (or `last_stage`) means one branch over the whole map.
+        attn_type: 'L' (SLA + LePE) or 'S' (softmax LePE attention).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        res: int,
+        num_heads: int,
+        split: int,
+        attn_type: str,
+        norm_layer,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        last_stage: bool = False,
+        kernel_size: int = 5,
+        deploy: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dim, self.res = dim, res
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias or deploy)
+        self.norm1 = nn.Identity() if deploy else norm_layer(dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(drop)
+        one_branch = last_stage or split == res
+        self.branch_num = 1 if one_branch else 2
+        branches = (
+            [(-1, dim, num_heads)]
+            if one_branch
+            else [(0, dim // 2, num_heads // 2), (1, dim // 2, num_heads // 2)]
+        )
+        if attn_type == "L":
+            attns = [LePESLA(c, res, idx, split, h, kernel_size) for idx, c, h in branches]
+        else:
+            attns = [LePEAttention(c, res, idx, split, h, attn_drop) for idx, c, h in branches]
+        self.attns = nn.ModuleList(attns)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.norm2 = nn.Identity() if deploy else norm_layer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.dim
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)  # each [B, N, C]
+        if self.branch_num == 1:
+            out = self.attns[0](q, k, v)
+        else:
+            half = c // 2
+            outs = []
+            for i, attn in enumerate(self.attns):
+                lo, hi = i * half, (i + 1) * half
+                outs.append(attn(q[..., lo:hi], k[..., lo:hi], v[..., lo:hi]))
+            out = torch.cat(outs, dim=-1)
+        x = x + self.drop_path(self.proj_drop(self.proj(out)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold norm1 into qkv and norm2 into mlp.fc1 (eval semantics); idempotent."""
+        if absorb_into_following(self.norm1, self.qkv):
+            self.norm1 = nn.Identity()
+        if absorb_into_following(self.norm2, self.mlp.fc1):
+            self.norm2 = nn.Identity()
+
+
+class MapToTokens(nn.Module):
+    """[B, C, H, W] -> [B, H*W, C]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+class ConvEmbed(nn.Sequential):
+    """Official `stage1_conv_embed`: Conv2d(in, C, 7, stride 4, pad 2), tokens, norm ([B, N, C] out)."""
+
+    def __init__(self, in_chans: int, dim: int, img_size: int, norm_layer, deploy: bool = False) -> None:
+        super().__init__(
+            nn.Conv2d(in_chans, dim, 7, stride=4, padding=2),
+            MapToTokens(),
+            nn.Identity() if deploy else norm_layer(dim),
+        )
+        self.in_chans, self.img_size = in_chans, img_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            _check_image(x, self.in_chans, self.img_size)
+        for layer in self:
+            x = layer(x)
+        return x
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the norm into the conv's output channels (W' = a W, c' = a c + b); idempotent."""
+        if absorb_into_preceding(self[0], self[2]):
+            self[2] = nn.Identity()
+
+
+class MergeBlock(nn.Module):
+    """Official `Merge_Block`: [B, res*res, C] -> map -> Conv2d(C, C', 3, /2, pad 1) -> tokens -> norm."""
+
+    def __init__(self, dim: int, dim_out: int, res: int, norm_layer, deploy: bool = False) -> None:
+        super().__init__()
+        self.res = res
+        self.conv = nn.Conv2d(dim, dim_out, 3, stride=2, padding=1)
+        self.norm = nn.Identity() if deploy else norm_layer(dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        x = self.conv(x.transpose(1, 2).reshape(b, c, self.res, self.res))
+        return self.norm(x.flatten(2).transpose(1, 2))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the norm into the conv's output channels; idempotent."""
+        if absorb_into_preceding(self.conv, self.norm):
+            self.norm = nn.Identity()
+
+
+def _check_image(x: torch.Tensor, in_chans: int, img_size: int) -> None:
+    """Raise InputError (a ValueError) for anything but a [B, in_chans, img_size, img_size] batch."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise InputError(f"expected an image batch [B, {in_chans}, H, W], got shape {tuple(x.shape)}")
+    if x.shape[2] != img_size or x.shape[3] != img_size:
+        raise InputError(
+            f"this model takes {img_size}x{img_size} images, got {x.shape[2]}x{x.shape[3]}: its attention "
+            "positional encodings and stripes are fixed to the stage maps of that size "
+            "(resize the input, or build the model with img_size=... if that size is supported)"
+        )
+
+
+# ----------------------------------------------------------------------------------------- model
+class SlabCSwinTransformer(nn.Module):
+    """CSwin Transformer with SLA stages and progressive / re-parameterizable BatchNorm.
+
+    Args:
+        img_size: square input side the model is built for (fixed; multiple of 32).
+        in_chans: input channels.
+        num_classes: classifier outputs (0: no classifier).
+        embed_dim: C of stage 1 (doubles every stage).
+        depths: blocks per stage.
+        num_heads: heads per stage.
+        split_size: stripe width of softmax ('S') stages.
+        la_split_size: stripe width of SLA ('L') stages (official "56-28-14-7").
+        attn_types: one letter per stage, 'L' or 'S'.
+        mlp_ratio: MLP hidden / C.
+        qkv_bias: bias on qkv.
+        drop_rate: dropout in MLPs and after the attention projection.
+        attn_drop_rate: attention-probability dropout (softmax stages).
+        drop_path_rate: stochastic depth, linearly increasing over all blocks.
+        norm_type: 'prepbn', 'repbn' or 'layernorm' (baseline, not foldable).
+        prepbn_steps: decay steps T of the progressive norm (default 120k, official).
+        prepbn_warmup: LayerNorm-only optimizer steps before the decay.
+        kernel_size: SLA depthwise-conv kernel.
+        global_pool: 'avg' or ''.
+        deploy: build the folded graph (norms = Identity) for deploy checkpoints.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 64,
+        depths: Sequence[int] = (2, 4, 18, 1),
+        num_heads: Sequence[int] = (2, 4, 8, 16),
+        split_size: Sequence[int] = (1, 2, 7, 7),
+        la_split_size: Sequence[int] = (56, 28, 14, 7),
+        attn_types: str = "LLSS",
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_type: str = "prepbn",
+        prepbn_steps: int | None = None,
+        prepbn_warmup: int = 0,
+        kernel_size: int = 5,
+        global_pool: str = "avg",
+        deploy: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(img_size, (tuple, list)):
+            if len(set(img_size)) != 1:
+                raise ValueError(f"CSwin models take square images, got img_size={tuple(img_size)}")
+            img_size = img_size[0]
+        if len(depths) != 4 or len(attn_types) != 4 or set(attn_types) - {"L", "S"}:
+            raise ValueError(
+                f"CSwin has 4 stages: need 4 depths and 4 'L'/'S' attn_types, got {attn_types!r}"
+            )
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if norm_type != "prepbn" and prepbn_steps is not None:
+            raise ValueError(
+                f"prepbn_steps applies to the progressive norm only; this model uses norm_type={norm_type!r}"
+            )
+        if img_size % 32:
+            raise ValueError(
+                f"img_size must be a multiple of 32 (stride-4 stem and three 2x merges), got {img_size}"
+            )
+        self.num_classes, self.global_pool = num_classes, global_pool
+        self.img_size, self.in_chans, self.norm_type = img_size, in_chans, norm_type
+        steps = SLAB_CSWIN_PREPBN_STEPS if prepbn_steps is None else prepbn_steps
+        norm_layer = make_norm_layer(norm_type, decay_steps=steps, warmup_steps=prepbn_warmup, ln_eps=1e-5)
+        fold = deploy and norm_type != "layernorm"
+        dims = [embed_dim * 2**i for i in range(4)]
+        self.stage_resolutions = [img_size // 4 // 2**i for i in range(4)]
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+
+        self.stage1_conv_embed = ConvEmbed(in_chans, embed_dim, img_size, norm_layer, deploy=fold)
+        self.feature_info = []
+        for i in range(4):
+            res = self.stage_resolutions[i]
+            last = i == 3
+            split = la_split_size[i] if attn_types[i] == "L" else split_size[i]
+            if not last and split != res and (res % split or split > res):
+                raise ValueError(
+                    f"img_size {img_size} gives a {res}x{res} map in stage {i + 1} that its stripe width "
+                    f"{split} does not divide; SLAB-CSwin's split sizes fit img_size 224"
+                )
+            if not last and split != res and num_heads[i] % 2:
+                raise ValueError(
+                    f"stage {i + 1} splits its heads between two stripe branches: needs an even count"
+                )
+            blocks = [
+                CSwinBlock(
+                    dims[i],
+                    res,
+                    num_heads[i],
+                    split,
+                    attn_types[i],
+                    norm_layer,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[sum(depths[:i]) + j],
+                    last_stage=last,
+                    kernel_size=kernel_size,
+                    deploy=fold,
+                )  # fmt: skip
+                for j in range(depths[i])
+            ]
+            setattr(self, f"stage{i + 1}", nn.ModuleList(blocks))
+            if not last:
+                setattr(self, f"merge{i + 1}", MergeBlock(dims[i], dims[i + 1], res, norm_layer, deploy=fold))
+            self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stage{i + 1}"})
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.norm = nn.Identity() if fold and num_classes > 0 else norm_layer(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    __jit_ignored_attributes__ = ["unfoldable_norms"]
+
+    @property
+    def unfoldable_norms(self) -> list[str]:
+        """Norms that cannot fold: LayerNorms (baseline), and the final norm when there is no classifier."""
+        names = unfoldable_norm_names(self)
+        if (
+            not isinstance(self.head, nn.Linear)
+            and not isinstance(self.norm, nn.Identity)
+            and "norm" not in names
+        ):
+            names.append("norm")
+        return names
+
+    def _stages(self) -> list[tuple[nn.Module, nn.ModuleList]]:
+        """(entry module, blocks) per stage: the conv embed, then merge1..merge3."""
+        entries = [self.stage1_conv_embed, self.merge1, self.merge2, self.merge3]
+        blocks = [self.stage1, self.stage2, self.stage3, self.stage4]
+        return list(zip(entries, blocks))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"positional_encoding", "scale"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return {
+            "stem": r"^stage1_conv_embed",
+            "blocks": [(r"^(?:stage|merge)(\d+)", None), (r"^norm", (99999,))],
+        }
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:
+            raise NotImplementedError("gradient checkpointing is not implemented for SlabCSwinTransformer")
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head. In a folded model the final norm lives in the head and is dropped with it."""
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> normalized tokens [B, N, C] of the last stage."""
+        x = self.stage1_conv_embed(x)
+        for blk in self.stage1:
+            x = blk(x)
+        x = self.merge1(x)
+        for blk in self.stage2:
+            x = blk(x)
+        x = self.merge2(x)
+        for blk in self.stage3:
+            x = blk(x)
+        x = self.merge3(x)
+        for blk in self.stage4:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """[B, N, C] -> logits [B, num_classes] (or pooled features [B, C] with pre_logits)."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Per-stage feature maps [B, C_i, H_i, W_i] (each stage's output before the next merge).
+
+        Args:
+            x: [B, 3, H, W].
+            indices: last n stages if int, all if None, else the listed stage indices.
+            norm: apply the final norm to the last stage's map.
+            stop_early: stop after the last requested stage.
+            output_fmt: 'NCHW' only.
+            intermediates_only: return only the list.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        stages = self._stages()
+        take, max_index = feature_take_indices(len(stages), indices)
+        if stop_early:
+            stages = stages[: max_index + 1]
+        intermediates = []
+        for i, (entry, blocks) in enumerate(stages):
+            x = entry(x)
+            for blk in blocks:
+                x = blk(x)
+            if i in take:
+                y = self.norm(x) if norm and i == 3 else x
+                res = self.stage_resolutions[i]
+                intermediates.append(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], res, res))
+        if intermediates_only:
+            return intermediates
+        if len(stages) == 4:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop stages (and norm/head) not needed to produce the requested intermediates."""
+        take, max_index = feature_take_indices(4, indices)
+        prune_end = max_index < 3
+        for i in range(max_index + 1, 4):
+            setattr(self, f"stage{i + 1}", nn.ModuleList())
+            setattr(self, f"merge{i}", nn.Identity())
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the final norm into the head (runs after the blocks: children first). Idempotent."""
+        if isinstance(self.head, nn.Linear) and absorb_into_following(self.norm, self.head):
+            self.norm = nn.Identity()
+
+
+# ----------------------------------------------------------------------------------------- cfgs & weights
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,  # official test transform: resize 256, center crop 224
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stage1_conv_embed.0",
+        "classifier": "head",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({"slab_cswin_tiny_224": _cfg(), "slab_cswin_small_224": _cfg()})
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert an official SLAB-CSwin state dict (or training checkpoint) to this model.
+
+    The official names are kept; only the LinearNorm entries are renamed to ProgressiveNorm ones.
+    """
+    from slab_edge.models._convert import convert_official_norms, unwrap_state_dict
+
+    return convert_official_norms(unwrap_state_dict(state_dict))
+
+
+def _create_cswin(variant: str, pretrained: bool = False, **kwargs) -> SlabCSwinTransformer:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        SlabCSwinTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg={"out_indices": out_indices, "feature_cls": "getter"},
+        **kwargs,
+    )
+
+
+@register_slab_model(official="slab_cswin_t")
+def slab_cswin_tiny_224(pretrained: bool = False, **kwargs) -> SlabCSwinTransformer:
+    """SLAB-CSwin-T: C 64, depths 2-4-18-1, heads 2-4-8-16, LLSS, progressive norm (T = 120k)."""
+    args = dict(embed_dim=64, depths=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), attn_types="LLSS")
+    return _create_cswin("slab_cswin_tiny_224", pretrained, **dict(args, **kwargs))
+
+
+@register_slab_model(official="slab_cswin_s")
+def slab_cswin_small_224(pretrained: bool = False, **kwargs) -> SlabCSwinTransformer:
+    """SLAB-CSwin-S: C 64, depths 2-4-32-2, heads 2-4-8-16, LLSS, progressive norm (T = 120k)."""
+    args = dict(embed_dim=64, depths=(2, 4, 32, 2), num_heads=(2, 4, 8, 16), attn_types="LLSS")
+    return _create_cswin("slab_cswin_small_224", pretrained, **dict(args, **kwargs))
