@@ -7,7 +7,9 @@ provenance. Values are strings in ONNX (lists and numbers JSON-encoded); `read_m
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PREFIX = "slab_edge."
@@ -87,3 +89,32 @@ class EngineSidecar:
     def from_json(cls, data: dict[str, Any]) -> EngineSidecar:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
+
+
+def sidecar_path(engine_path: str | os.PathLike) -> Path:
+    """Where an engine's sidecar lives: the engine's file name plus SIDECAR_SUFFIX (`model.engine.json`)."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
+
+
+def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Decoded slab_edge.* metadata of a model file, without loading it into a backend.
+
+    `.onnx`: metadata_props (read with the `onnx` package when installed, else ONNX Runtime);
+    `.engine` / `.plan`: the sidecar's onnx_metadata ({} when there is no sidecar).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        try:
+            import onnx
+        except ImportError:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            return decode_metadata(dict(session.get_modelmeta().custom_metadata_map))
+        model = onnx.load(str(path), load_external_data=False)
+        return decode_metadata({p.key: p.value for p in model.metadata_props})
+    side = sidecar_path(path)
+    if not side.exists():
+        return {}
+    return decode_metadata(EngineSidecar.from_json(json.loads(side.read_text())).onnx_metadata)
