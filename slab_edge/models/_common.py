@@ -1,0 +1,129 @@
+"""Small pieces shared by the DeiT and PVT families: norm-layer factory, input-size check, init."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import nn
+
+from slab_edge.errors import InputError
+from slab_edge.layers.norms import ProgressiveNorm, RepBN, norm_affine
+
+#: norm_type values the model builders accept.
+MODEL_NORM_TYPES = ("prepbn", "repbn", "layernorm")
+
+
+def make_norm_layer(
+    norm_type: str, decay_steps: int = 60_000, warmup_steps: int = 0, ln_eps: float = 1e-6
+) -> Callable[[int], nn.Module]:
+    """A `dim -> norm module` factory.
+
+    Args:
+        norm_type: 'prepbn' (ProgressiveNorm: LayerNorm fading into RepBN over `decay_steps` optimizer
+            steps, as the official LinearNorm), 'repbn' (plain RepBN) or 'layernorm' (the baseline).
+        decay_steps: T of the progressive norm.
+        warmup_steps: LayerNorm-only steps before the decay starts.
+        ln_eps: LayerNorm eps (1e-6 in every official SLAB model).
+    """
+    if norm_type == "prepbn":
+        return partial(ProgressiveNorm, decay_steps=decay_steps, warmup_steps=warmup_steps, eps=ln_eps)
+    if norm_type == "repbn":
+        return RepBN
+    if norm_type == "layernorm":
+        return partial(nn.LayerNorm, eps=ln_eps)
+    raise ValueError(f"norm_type must be one of {', '.join(MODEL_NORM_TYPES)}, got {norm_type!r}")
+
+
+def norm_or_identity(
+    norm_layer: Callable[[int], nn.Module], dim: int, norm_type: str, deploy: bool
+) -> nn.Module:
+    """The norm, or Identity in a deploy (folded) model when the norm is foldable (not LayerNorm)."""
+    if deploy and norm_type != "layernorm":
+        return nn.Identity()
+    return norm_layer(dim)
+
+
+def is_foldable(norm: nn.Module) -> bool:
+    """True for norms that are a per-channel affine map in eval mode (RepBN, progressive norm, BN)."""
+    return isinstance(norm, (RepBN, ProgressiveNorm, nn.modules.batchnorm._BatchNorm))
+
+
+def unfoldable_norm_names(model: nn.Module) -> list[str]:
+    """Names of top-level LayerNorm-like modules (input-dependent statistics: no fixed affine to fold).
+
+    The LayerNorm inside a progressive norm does not count: in eval the progressive norm is its RepBN.
+    """
+    from slab_edge.layers.reparam import remaining_norms
+
+    return [name for name in remaining_norms(model) if norm_affine(model.get_submodule(name)) is None]
+
+
+def check_image_size(
+    x: torch.Tensor, in_chans: int, img_size: tuple[int, int], dynamic: bool, multiple: int
+) -> tuple[int, int]:
+    """Validate an image batch [B, C, H, W]; returns (H, W).
+
+    Raises:
+        InputError (a ValueError): wrong rank or channels, a size other than `img_size` for a
+            fixed-size model, or (dynamic) a size not divisible by `multiple`.
+    """
+    if x.dim() != 4:
+        raise InputError(f"expected an image batch [B, C, H, W], got a tensor of shape {tuple(x.shape)}")
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    if c != in_chans:
+        raise InputError(f"model takes {in_chans}-channel images, got {c} channels (input {tuple(x.shape)})")
+    if dynamic:
+        if h % multiple or w % multiple or h < multiple or w < multiple:
+            raise InputError(
+                f"image size {h}x{w} is not a positive multiple of {multiple} (the total stride)"
+            )
+    elif (h, w) != tuple(img_size):
+        raise InputError(
+            f"model was built for {img_size[0]}x{img_size[1]} images, got {h}x{w}: its positional "
+            f"encodings are fixed to that grid; build it with img_size=({h}, {w}) (checkpoint positional "
+            "tables are resampled on load) or with dynamic_img_size=True (resampled every forward)"
+        )
+    return int(h), int(w)
+
+
+class ConvPatchEmbed(nn.Module):
+    """Non-overlapping patch embedding: Conv2d(k = s = patch) then an optional norm over channels.
+
+    Input [B, C_in, H, W]; output [B, (H/p)*(W/p), C] tokens. Parameter names follow the official code
+    (`proj`, `norm`). `reparameterize()` folds an eval-affine norm into the conv output channels, bias
+    included (the official Swin PatchEmbed.merge_bn drops the alpha * bias term; this fold does not).
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm if norm is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x).flatten(2).transpose(1, 2)  # [B, N, C]
+        return self.norm(x)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        from slab_edge.layers.reparam import absorb_into_preceding
+
+        if is_foldable(self.norm):
+            absorb_into_preceding(self.proj, self.norm)
+            self.norm = nn.Identity()
+
+
+def ensure_bias(layer: nn.Linear | nn.Conv2d) -> None:
+    """Give a Linear/Conv a zero bias if it has none (deploy models: folded norms leave a bias)."""
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype))
+
+
+def init_linear_trunc_normal(module: nn.Module) -> None:
+    """Linear weights ~ truncated N(0, 0.02), biases 0 (the DeiT / PVT initialisation)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
