@@ -1,0 +1,35 @@
+"""Backend flags shared by `infer`, `bench` and `compare` (torch-free)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backend")
+    group.add_argument("--provider", default="cpu", help="ONNX Runtime: cpu | cuda | tensorrt (default: cpu)")
+    group.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    group.add_argument(
+        "--graph-optimization",
+        default="all",
+        choices=["disable", "basic", "extended", "all"],
+        help="ONNX Runtime graph optimization level (default: all)",
+    )
+    group.add_argument(
+        "--memory", default="cuda-python", choices=["cuda-python", "pycuda"], help="TensorRT device memory"
+    )
+    group.add_argument("--device", type=int, default=0, help="CUDA device index (TensorRT)")
+
+
+def session_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    """`load()` options for `model` from the shared flags (ONNX Runtime vs TensorRT)."""
+    from slab_edge.runtime.session import backend_for
+
+    if backend_for(model) == "onnxruntime":
+        return {
+            "provider": args.provider,
+            "threads": args.threads,
+            "graph_optimization": args.graph_optimization,
+        }
+    return {"memory": args.memory, "device": args.device}

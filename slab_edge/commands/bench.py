@@ -1,0 +1,50 @@
+"""`slab-edge bench MODEL [MODEL_B]`: latency percentiles, throughput, peak RSS; two models A/B interleaved.
+
+Torch-free. With two models every iteration runs both (order alternating), and the A/B latency ratio
+is printed: the fair way to compare on a machine whose speed drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from slab_edge.commands._runtime_args import add_backend_arguments, session_options
+from slab_edge.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="one or two .onnx / .engine files (A, B)")
+    parser.add_argument("--names", nargs="+", default=None, help="labels for the models (default: A B)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default: 10)")
+    parser.add_argument("--iters", type=int, default=100, help="timed runs per model (default: 100)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the random input (default: 1)")
+    parser.add_argument("--no-interleave", action="store_true", help="time A fully, then B (not recommended)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    parser.add_argument("--output", help="also write the JSON report to this file (atomically)")
+    add_backend_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from slab_edge.io import atomic_write_json
+    from slab_edge.runtime.benchmark import benchmark_models, format_report
+
+    if len(args.models) > 2:
+        raise InputError(f"bench takes one or two models, got {len(args.models)}")
+    if args.batch < 1:
+        raise InputError(f"--batch must be >= 1, got {args.batch}")
+    report = benchmark_models(
+        args.models,
+        names=args.names,
+        batch=args.batch,
+        warmup=args.warmup,
+        iters=args.iters,
+        interleave=not args.no_interleave,
+        session_options=[session_options(args, m) for m in args.models],
+        seed=args.seed,
+    )
+    if args.output:
+        atomic_write_json(args.output, report)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0

@@ -1,0 +1,73 @@
+"""`slab-edge compare --torch`: the PyTorch reference against ONNX Runtime (imports torch: allowed here)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch backend of compare needs the [train] extra")
+timm = pytest.importorskip("timm", reason="the torch backend of compare needs the [train] extra")
+
+from slab_edge import cli  # noqa: E402
+from slab_edge.runtime.metadata import encode_metadata  # noqa: E402
+
+
+def export(model, path, size: int, name: str) -> None:
+    """Plain torch.onnx.export + slab_edge metadata (the export package has its own tests)."""
+    import onnx
+
+    example = torch.randn(2, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (example,), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}}, opset_version=18,
+                          dynamo=False)  # fmt: skip
+    proto = onnx.load(str(path))
+    meta = {"model": name, "input_size": [3, size, size], "labels": [f"c{i}" for i in range(5)]}
+    for key, value in encode_metadata(meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+@pytest.fixture(scope="module")
+def vit_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", num_classes=5, img_size=32)
+    checkpoint = folder / "vit.pth"
+    torch.save(
+        {"state_dict": model.state_dict(), "model_kwargs": {"num_classes": 5, "img_size": 32}}, checkpoint
+    )
+    export(model, folder / "vit.onnx", 32, "test_vit")
+    other = timm.create_model("test_vit", num_classes=5, img_size=32)  # different random weights
+    export(other, folder / "other.onnx", 32, "test_vit")
+    return folder
+
+
+def test_torch_vs_onnx_runtime_passes(vit_files, capsys):
+    argv = ["compare", str(vit_files / "vit.onnx"), "--torch", "test_vit", "--checkpoint",
+            str(vit_files / "vit.pth"), "--random", "3", "--json", "--threads", "1"]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference"].startswith("torch:test_vit") and report["passed"]
+    result = report["results"][0]
+    assert result["max_abs"] < 1e-4 and result["top1_agreement"] == 1.0
+    assert report["inputs"]["shape"] == [3, 3, 32, 32]
+
+
+def test_torch_vs_other_weights_fails(vit_files, capsys):
+    argv = ["compare", str(vit_files / "other.onnx"), "--torch", "test_vit", "--checkpoint",
+            str(vit_files / "vit.pth"), "--random", "3", "--threads", "1"]  # fmt: skip
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().out.strip().endswith("FAIL")
+
+
+def test_bad_checkpoint_is_a_clear_error(vit_files, tmp_path, capsys):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    argv = ["compare", str(vit_files / "vit.onnx"), "--torch", "test_vit", "--checkpoint", str(broken)]
+    assert cli.main(argv) == 2
+    assert "broken.pth" in capsys.readouterr().err
