@@ -1,0 +1,114 @@
+"""`slab-edge export`: model (+ checkpoint) -> ONNX in fp32, fp16-mixed and/or int8 QDQ, checked vs PyTorch.
+
+    slab-edge export slab_deit_digits --checkpoint runs/digits -o digits.onnx --precision fp32 fp16 int8 \\
+        --calib-data digits
+    slab-edge export slab_deit_tiny_patch16_224 --model-kwargs '{"embed_dim": 24}' -o tiny.onnx
+
+A training checkpoint is folded first; a deploy checkpoint loads into the deploy structure. Every file is
+compared with PyTorch on random and real (digits) inputs before it is written; the numbers are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="model name (slab-edge zoo, official alias or timm); "
+                        "optional when the checkpoint names it")  # fmt: skip
+    parser.add_argument("-c", "--checkpoint", help="training/deploy checkpoint: run folder, manifest .json, "
+                        ".safetensors or .pt (default: random weights)")  # fmt: skip
+    parser.add_argument("-o", "--output", help="output .onnx (default: <model>.onnx); with several "
+                        "precisions fp16/int8 go to <stem>.fp16.onnx / <stem>.int8.onnx")  # fmt: skip
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
+                        help="one or more variants (default: fp32)")  # fmt: skip
+    parser.add_argument("--labels", help="class names: text file (one per line) or JSON list")
+    parser.add_argument("--model-kwargs", help="JSON constructor arguments, e.g. '{\"embed_dim\": 24}'")
+    parser.add_argument("--ema", action="store_true", help="export the EMA weights of a training run")
+    parser.add_argument("--no-fold", action="store_true", help="export the eval graph without folding norms")
+    graph = parser.add_argument_group("graph")
+    graph.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
+    graph.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
+                       help="torch.onnx path (default dynamo; torchscript: legacy fallback)")  # fmt: skip
+    graph.add_argument("--static-batch", action="store_true", help="fixed batch (default: dynamic)")
+    graph.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    int8 = parser.add_argument_group("int8")
+    int8.add_argument("--calib-data", help="calibration images: a folder (recursive) or 'digits'")
+    int8.add_argument("--calib-count", type=int, default=64, help="calibration images used (default 64)")
+    int8.add_argument(
+        "--per-tensor", action="store_true", help="per-tensor weight scales (default per channel)"
+    )
+    check = parser.add_argument_group("parity check")
+    check.add_argument(
+        "--no-parity-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check"
+    )
+    check.add_argument("--tolerance", type=float, default=None,
+                       help="fp32: max |diff| (default 1e-4); fp16: fraction of max |logit| "
+                       "(default 1e-2)")  # fmt: skip
+    check.add_argument("--parity-batch", type=int, default=2, help="images per parity input set (default 2)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from slab_edge.errors import InputError
+    from slab_edge.export.checkpoint import prepare_model
+    from slab_edge.export.onnx_export import export_model
+    from slab_edge.io import check_writable_dir
+
+    kwargs = None
+    if args.model_kwargs:
+        try:
+            kwargs = json.loads(args.model_kwargs)
+        except ValueError as err:
+            raise InputError(f"--model-kwargs is not valid JSON ({err})") from None
+        if not isinstance(kwargs, dict):
+            raise InputError("--model-kwargs must be a JSON object")
+    if args.parity_batch < 1:
+        raise InputError(f"--parity-batch must be >= 1, got {args.parity_batch}")
+    if args.output:
+        check_writable_dir(Path(args.output).parent)
+    prepared = prepare_model(
+        args.model,
+        args.checkpoint,
+        model_kwargs=kwargs,
+        labels=args.labels,
+        fold=not args.no_fold,
+        ema=args.ema,
+    )
+    output = Path(args.output or f"{prepared.name}.onnx")
+    check_writable_dir(output.parent)
+    reports = export_model(
+        prepared,
+        output,
+        precisions=args.precision,
+        opset=args.opset,
+        dynamic_batch=not args.static_batch,
+        exporter=args.exporter,
+        simplify=not args.no_simplify,
+        parity=not args.no_parity_check,
+        parity_batch=args.parity_batch,
+        tolerance=args.tolerance,
+        calibration=args.calib_data,
+        calibration_count=args.calib_count,
+        int8_per_channel=not args.per_tensor,
+        log=print,
+    )
+    if args.json:
+        print(json.dumps([_summary(r) for r in reports], indent=2))
+    return 0
+
+
+def _summary(report) -> dict:
+    from dataclasses import asdict
+
+    return {
+        "path": str(report.path),
+        "precision": report.precision,
+        "nodes": sum(report.op_counts.values()),
+        "op_counts": report.op_counts,
+        "sla_core_nodes": report.sla_core_nodes,
+        "parity": [asdict(p) for p in report.parity],
+    }

@@ -1,0 +1,302 @@
+"""Pure ONNX graph inspection and naming: op counts, SLA-core detection, scoped node names.
+
+Works on `onnx.ModelProto` only (no torch, no backend). The SLA core is found by its data flow, not by
+the exporter's naming, so every exporter and every model that calls `slab_edge.ops.sla.sla_core` is covered:
+
+    numerator   = MatMul(Q, MatMul(Transpose(K), V))       linear order
+                | MatMul(MatMul(Q, Transpose(K)), V)       quadratic order
+    denominator = Add(MatMul(Q, Transpose(ReduceSum(K))), eps)
+    out         = Div(numerator, denominator)
+
+Found nodes are renamed `<scope>/sla_core/<name>`, so precision tools (fp16 block lists, INT8 exclusions,
+TensorRT 10 precision constraints) select them by name.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from collections.abc import Iterable
+
+SLA_CORE_TAG = "sla_core"
+
+#: shape-only ops the exporters put between the core's arithmetic nodes
+_SHAPE_OPS = frozenset({"Transpose", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Identity"})
+#: node metadata worth keeping after export (module scope); stack traces and FX dumps are dropped:
+#: they hold local file paths and make the file several times larger
+_KEEP_NODE_METADATA = frozenset({"namespace", "pkg.torch.onnx.name_scopes"})
+
+
+def op_type_counts(model) -> Counter:
+    """Counter of op types over the main graph and every subgraph (If/Loop bodies)."""
+    counts: Counter = Counter()
+    for node in _all_nodes(model.graph):
+        counts[node.op_type] += 1
+    return counts
+
+
+def _all_nodes(graph) -> Iterable:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from _all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _all_nodes(sub)
+
+
+def _producers(graph) -> dict:
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def _constant_names(graph) -> set[str]:
+    names = {init.name for init in graph.initializer}
+    names.update(out for node in graph.node if node.op_type == "Constant" for out in node.output)
+    return names
+
+
+def _skip_shape_ops(name: str, producers: dict, path: list) -> object | None:
+    """Walk back from tensor `name` through shape-only ops (collected in `path`); return the next node."""
+    node = producers.get(name)
+    while node is not None and node.op_type in _SHAPE_OPS and node.input:
+        path.append(node)
+        node = producers.get(node.input[0])
+    return node
+
+
+def find_sla_cores(model) -> list[list]:
+    """The SLA cores of the main graph, each as the list of its nodes (Div first).
+
+    A Div counts as an SLA core output when its numerator is a MatMul fed by another MatMul with a
+    transposed operand and its denominator is MatMul(., ReduceSum(.)) plus a constant. Nodes already
+    named `*sla_core*` (a model may name its core explicitly) are grouped per scope as well.
+    """
+    graph = model.graph
+    producers = _producers(graph)
+    constants = _constant_names(graph)
+    cores: list[list] = []
+    claimed: set[int] = set()
+    for div in graph.node:
+        if div.op_type != "Div" or len(div.input) != 2:
+            continue
+        core = _match_core(div, producers, constants)
+        if core:
+            cores.append(core)
+            claimed.update(id(n) for n in core)
+    by_scope: dict[str, list] = {}
+    for node in graph.node:
+        if SLA_CORE_TAG in node.name and id(node) not in claimed:
+            by_scope.setdefault(node.name.rsplit(SLA_CORE_TAG, 1)[0], []).append(node)
+    cores.extend(by_scope.values())
+    return cores
+
+
+def _match_core(div, producers: dict, constants: set[str]) -> list | None:
+    nodes = [div]
+    # denominator: Add(MatMul(Q, T(ReduceSum(K))), eps)
+    add = producers.get(div.input[1])
+    if add is None or add.op_type != "Add" or len(add.input) != 2:
+        return None
+    const_side = [i for i in add.input if i in constants]
+    tensor_side = [i for i in add.input if i not in constants]
+    if len(const_side) != 1 or len(tensor_side) != 1:
+        return None
+    mm_z = producers.get(tensor_side[0])
+    if mm_z is None or mm_z.op_type != "MatMul":
+        return None
+    nodes += [add, mm_z]
+    reduce_path: list = []
+    found_sum = False
+    for operand in mm_z.input:
+        path: list = []
+        base = _skip_shape_ops(operand, producers, path)
+        if base is not None and base.op_type == "ReduceSum":
+            reduce_path = [*path, base]
+            found_sum = True
+            break
+    if not found_sum:
+        return None
+    nodes += reduce_path
+    # numerator: MatMul(., MatMul(., .)) with a transposed operand in the inner MatMul
+    numer = producers.get(div.input[0])
+    if numer is None or numer.op_type != "MatMul":
+        return None
+    inner = None
+    for operand in numer.input:
+        cand = producers.get(operand)
+        if cand is not None and cand.op_type == "MatMul":
+            inner = cand
+            break
+    if inner is None:
+        return None
+    transposes = [producers[i] for i in inner.input if i in producers and producers[i].op_type == "Transpose"]
+    if not transposes:
+        return None
+    nodes += [numer, inner, *transposes]
+    unique, seen = [], set()
+    for node in nodes:
+        if id(node) not in seen:
+            seen.add(id(node))
+            unique.append(node)
+    return unique
+
+
+def _scope_of(name: str) -> str:
+    return name.rsplit("/", 1)[0] if "/" in name else ""
+
+
+def tag_sla_cores(model) -> list[str]:
+    """Rename every SLA-core node `<scope>/sla_core/<name>` (in place). Returns the core node names.
+
+    Idempotent: nodes already carrying the tag keep their names.
+    """
+    names: list[str] = []
+    for index, core in enumerate(find_sla_cores(model)):
+        scope = next((_scope_of(n.name) for n in core if "/" in n.name), "") or f"sla{index}"
+        for node in core:
+            if SLA_CORE_TAG not in node.name:
+                leaf = node.name.rsplit("/", 1)[-1] or f"{node.op_type}_{index}"
+                node.name = f"{scope}/{SLA_CORE_TAG}/{leaf}"
+            names.append(node.name)
+    return names
+
+
+def sla_core_node_names(model) -> list[str]:
+    """Names of the nodes tagged as SLA core (after `tag_sla_cores`)."""
+    return [node.name for node in model.graph.node if SLA_CORE_TAG in node.name]
+
+
+def scope_node_names(model) -> int:
+    """Prefix torch.onnx (dynamo) node names with their module scope, e.g. `blocks.0.attn/node_div`.
+
+    The dynamo exporter names nodes after FX nodes (`node_matmul_3`) and keeps the module path only in node
+    metadata, which onnxslim drops; names like `blocks.3.attn/node_matmul` make TensorRT layer names and
+    profiles readable. Also drops bulky node metadata (stack traces with local paths). Returns the number
+    of renamed nodes.
+    """
+    renamed = 0
+    for node in model.graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        scopes = props.get("pkg.torch.onnx.name_scopes")
+        if scopes and "/" not in node.name:
+            try:
+                parts = [p for p in ast.literal_eval(scopes) if p]
+            except (ValueError, SyntaxError):
+                parts = []
+            # name_scopes lists every parent module's full path, then the FX node: the last module is enough
+            module = parts[-2] if len(parts) >= 2 else ""
+            if module:
+                node.name = f"{module}/{node.name}"
+                renamed += 1
+        keep = [p for p in node.metadata_props if p.key in _KEEP_NODE_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    return renamed
+
+
+def tensor_elem_types(model) -> dict[str, int]:
+    """{tensor name: onnx elem_type} after shape inference (inputs, outputs, value_info, initializers)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {init.name: init.data_type for init in graph.initializer}
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.type.HasField("tensor_type"):
+            types[value.name] = value.type.tensor_type.elem_type
+    return types
+
+
+def topological_sort(model) -> None:
+    """Reorder the main graph's nodes so every node follows its producers (in place).
+
+    Some converters (onnxruntime.transformers.float16 with keep_io_types) append the Cast nodes they add at
+    the end; the ONNX checker requires topological order. Stable: independent nodes keep their order.
+    """
+    graph = model.graph
+    available = {init.name for init in graph.initializer} | {inp.name for inp in graph.input} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        progressed = False
+        rest = []
+        for node in pending:
+            if all(name in available for name in _node_inputs(node)):
+                ordered.append(node)
+                available.update(node.output)
+                progressed = True
+            else:
+                rest.append(node)
+        if not progressed:
+            raise ValueError(f"graph has a cycle or a dangling input at node {rest[0].name!r}")
+        pending = rest
+    _replace_nodes(graph, ordered)
+
+
+def _node_inputs(node) -> set[str]:
+    """Inputs of a node, including outer-scope names its subgraphs read."""
+    names = set(node.input)
+    for attr in node.attribute:
+        subs = [attr.g] if attr.HasField("g") else []
+        subs += list(attr.graphs)
+        for sub in subs:
+            produced = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
+            produced |= {i.name for i in sub.initializer}
+            for inner in sub.node:
+                names.update(n for n in _node_inputs(inner) if n not in produced)
+    return names
+
+
+def remove_fp16_round_trips(model) -> int:
+    """Drop Cast(fp32 -> fp16) -> Cast(-> fp32) pairs between fp32 nodes (in place). Returns pairs removed.
+
+    onnxruntime's float16 converter casts the output of every blocked (fp32) node to fp16 and back before
+    the next blocked node, which would round the SLA core's K^T V product and normalizer to fp16 after all.
+    The consumer reads the original fp32 tensor instead; the fp16 Cast stays if fp16 nodes still read it.
+    """
+    import onnx
+
+    graph = model.graph
+    types = tensor_elem_types(model)
+    producers = _producers(graph)
+    to = lambda node: next((a.i for a in node.attribute if a.name == "to"), None)
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            consumers.setdefault(name, []).append(node)
+    removed = 0
+    drop = set()
+    for node in graph.node:
+        if node.op_type != "Cast" or to(node) != onnx.TensorProto.FLOAT:
+            continue
+        down = producers.get(node.input[0])
+        if down is None or down.op_type != "Cast" or to(down) != onnx.TensorProto.FLOAT16:
+            continue
+        source = down.input[0]
+        if types.get(source) != onnx.TensorProto.FLOAT:
+            continue
+        for consumer in consumers.get(node.output[0], []):
+            for i, name in enumerate(consumer.input):
+                if name == node.output[0]:
+                    consumer.input[i] = source
+        for out in graph.output:
+            if out.name == node.output[0]:
+                break  # a graph output keeps its Cast
+        else:
+            drop.add(id(node))
+            removed += 1
+    still_read = {name for n in graph.node if id(n) not in drop for name in n.input}
+    still_read |= {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type == "Cast" and id(node) not in drop and node.output[0] not in still_read:
+            drop.add(id(node))
+    _replace_nodes(graph, [n for n in graph.node if id(n) not in drop])
+    return removed
+
+
+def _replace_nodes(graph, nodes: list) -> None:
+    copies = [type(node)() for node in nodes]
+    for copy, node in zip(copies, nodes):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
