@@ -153,7 +153,7 @@ def causal_linear_attn_chunk(
         s0, z0 = initial_state if initial_state is not None else zero_state(q, v)
         s0, z0 = s0.to(dtype), z0.to(dtype)
         c = min(chunk_size, max(t, 1))
-        n = -(-t // c)
+        n = (t + c - 1) // c  # ceil without negative floor division (ONNX Div truncates: dynamic T)
         pad = n * c - t
         qc, kc, vc = (
             F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)).reshape(b, n, c, h, x.shape[-1]).permute(0, 3, 1, 2, 4)

@@ -201,8 +201,10 @@ def gla_chunk(
     dtype = _compute_dtype(q.dtype)
     with torch.autocast(device_type=q.device.type, enabled=False):
         s0 = (initial_state if initial_state is not None else zero_state(q, v)).to(dtype)
-        c = min(chunk_size, -(-max(t, 1) // sub_chunk_size) * sub_chunk_size)
-        n = -(-t // c)
+        # ceil divisions with non-negative numerators: torch.onnx exports // as ONNX Div, which truncates
+        # toward zero, so -(-t // c) would become a floor in graphs with a dynamic T
+        c = min(chunk_size, (max(t, 1) + sub_chunk_size - 1) // sub_chunk_size * sub_chunk_size)
+        n = (t + c - 1) // c
         pad = n * c - t
         qc, kc, vc, gc = (
             F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)).reshape(bsz, n, c, h, x.shape[-1]).permute(0, 3, 1, 2, 4)
