@@ -1,5 +1,8 @@
 """Modules: SLA, causal SLA, GLA, RepBN, progressive norm, and the blocks that know how to reparameterize."""
 
+from slab_edge.layers.causal_sla import CausalSimplifiedLinearAttention
+from slab_edge.layers.gla import GatedLinearAttention
+from slab_edge.layers.lm_blocks import SlabLMBlock, SwiGLU
 from slab_edge.layers.norms import (
     ProgressiveNorm,
     RepBN,
@@ -9,6 +12,7 @@ from slab_edge.layers.norms import (
 )
 from slab_edge.layers.reparam import reparameterize_model
 from slab_edge.layers.sla import SimplifiedLinearAttention, sla_mix
+from slab_edge.layers.softmax_attention import CausalSelfAttention
 
 __all__ = [
     "ProgressiveNorm",
@@ -19,4 +23,10 @@ __all__ = [
     "reparameterize_model",
     "set_progressive_schedule",
     "sla_mix",
+    # language models
+    "CausalSelfAttention",
+    "CausalSimplifiedLinearAttention",
+    "GatedLinearAttention",
+    "SlabLMBlock",
+    "SwiGLU",
 ]
