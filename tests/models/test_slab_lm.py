@@ -1,0 +1,243 @@
+"""SLAB-LM: prefill + steps == full forward, generation, folding parity, configs, state layout, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from slab_edge.errors import InputError
+from slab_edge.layers.norms import RepBN, set_progressive_schedule
+from slab_edge.layers.reparam import remaining_norms, reparameterize_model
+from slab_edge.models.slab_lm import SlabLM, SlabLMConfig, create_slab_lm, sample_next_token, slab_lm_config
+
+ATTENTIONS = ["sla", "gla", "softmax"]
+NORMS = ["rmsnorm", "prepbn"]
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and RepBN parameters (the all-zero RepBN init would make PRepBN logits zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, RepBN):
+                c = m.bn.num_features
+                m.bn.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                m.bn.running_var.copy_(torch.rand(c, generator=gen) * 0.02 + 0.005)
+                m.bn.weight.copy_(1 + 0.1 * torch.randn(c, generator=gen))
+                m.bn.bias.copy_(0.1 * torch.randn(c, generator=gen))
+                m.alpha.copy_(0.1 * torch.randn(1, generator=gen))
+    return model
+
+
+def tiny(attention: str, norm: str = "rmsnorm", seed: int = 0, **overrides) -> SlabLM:
+    torch.manual_seed(seed)
+    return randomize(create_slab_lm("tiny", attention=attention, norm=norm, **overrides)).eval()
+
+
+def assert_rel_close(actual, expected, rtol, what=""):
+    err, scale = (actual - expected).abs().max(), expected.abs().max()
+    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} x magnitude {scale:.3g}"
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_prefill_and_steps_equal_full_forward(attention, norm):
+    model = tiny(attention, norm)
+    ids = torch.randint(0, 256, (2, 80), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids)
+        logits, state = model.prefill(ids[:, :67])
+        steps = [logits]
+        for t in range(67, 80):
+            step_logits, state = model.step(ids[:, t], state)
+            steps.append(step_logits[:, None])
+    assert full.shape == (2, 80, 256)
+    assert_rel_close(torch.cat(steps, 1), full, 1e-5, f"{attention}/{norm}")
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_greedy_generate_is_deterministic_and_is_the_argmax_loop(attention):
+    model = tiny(attention)
+    prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(2))
+    out = model.generate(prompt, max_new_tokens=12)
+    assert out.shape == (2, 17) and torch.equal(out[:, :5], prompt)
+    assert torch.equal(model.generate(prompt, max_new_tokens=12), out)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(12):  # no cache: the whole sequence again for every token
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+
+
+def test_generate_leaves_training_mode_and_accepts_1d_prompt():
+    model = tiny("gla").train()
+    out = model.generate(torch.tensor([1, 2, 3]), max_new_tokens=3)
+    assert out.shape == (1, 6) and model.training
+
+
+def test_sampling_filters_and_reproducibility():
+    model = tiny("sla")
+    prompt = torch.randint(0, 256, (3, 4), generator=torch.Generator().manual_seed(3))
+    greedy = model.generate(prompt, 6)
+    kwargs = dict(do_sample=True, temperature=0.8)
+    a = model.generate(prompt, 6, generator=torch.Generator().manual_seed(0), **kwargs)
+    b = model.generate(prompt, 6, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(a, b)
+    assert torch.equal(model.generate(prompt, 6, top_k=1, **kwargs), greedy)
+    assert torch.equal(model.generate(prompt, 6, top_p=1e-6, **kwargs), greedy)
+
+
+def test_sample_next_token_filters():
+    logits = torch.tensor([[0.0, 3.0, 2.9, -5.0]]).repeat(2000, 1)
+    gen = torch.Generator().manual_seed(0)
+    top2 = sample_next_token(logits, True, top_k=2, generator=gen)
+    assert set(top2.tolist()) == {1, 2}
+    nucleus = sample_next_token(logits, True, top_p=0.5, generator=gen)  # p(1) ~ 0.51 reaches 0.5 alone
+    assert set(nucleus.tolist()) == {1}
+    wide = sample_next_token(logits, True, top_p=0.99, generator=gen)
+    assert set(wide.tolist()) == {0, 1, 2}
+    for bad in (dict(temperature=0.0), dict(top_k=0), dict(top_p=1.5)):
+        with pytest.raises(InputError):
+            sample_next_token(logits, True, **bad)
+
+
+def test_eos_pads_finished_sequences_and_stops_early():
+    model = tiny("gla")
+    prompt = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(4))
+    greedy = model.generate(prompt, 8)
+    eos = int(greedy[0, 6])  # the third token generated for sequence 0
+    out = model.generate(prompt, 8, eos_token_id=eos)
+    first = int((out[0, 4:] == eos).nonzero()[0])
+    assert (out[0, 4 + first :] == eos).all()
+    assert torch.equal(out[:, : 4 + first + 1], greedy[:, : 4 + first + 1])
+    both = model.generate(prompt, 8, eos_token_id=[int(greedy[0, 4]), int(greedy[1, 4])])
+    assert both.shape == (2, 5)  # every sequence ended on its first token
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_fold_parity_and_strict_deploy_load(attention, tie):
+    model = tiny(attention, "prepbn", tie_embeddings=tie)
+    ids = torch.randint(0, 256, (2, 70), generator=torch.Generator().manual_seed(5))
+    deploy = reparameterize_model(model)  # raises if a foldable norm is left
+    left = remaining_norms(deploy)
+    assert all(name.endswith("attn.g_norm") for name in left), left
+    assert sorted(left) == sorted(deploy.unfoldable_norms)
+    built = SlabLM(model.config, deploy=True)
+    built.load_state_dict(deploy.state_dict(), strict=True)
+    with torch.no_grad():
+        ref = model(ids)
+        assert_rel_close(deploy(ids), ref, 1e-5, "folded")
+        assert_rel_close(built.eval()(ids), ref, 1e-5, "deploy=True")
+        _, state = deploy.prefill(ids[:, :60])
+        step_logits, _ = deploy.step(ids[:, 60], state)
+    assert_rel_close(step_logits, ref[:, 60], 1e-5, "folded step")
+    if tie:  # the folded head is W diag(a): no longer the embedding
+        assert deploy.head.weight is not deploy.embed.weight and model.head.weight is model.embed.weight
+
+
+def test_rmsnorm_model_lists_its_unfoldable_norms():
+    model = tiny("gla", "rmsnorm")
+    reasons = model.unfoldable_norms
+    assert {"layers.0.norm1", "layers.0.norm2", "layers.1.attn.g_norm", "norm"} <= set(reasons)
+    assert all("not" in r or "data-dependent" in r for r in reasons.values())
+    deploy = reparameterize_model(model)
+    assert sorted(remaining_norms(deploy)) == sorted(reasons)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_gradients_reach_every_parameter(attention):
+    model = tiny(attention, "prepbn").train()
+    set_progressive_schedule(model, step=11_000)  # both progressive branches active
+    ids = torch.randint(0, 256, (4, 40))
+    logits = model(ids[:, :-1])
+    loss = nn.functional.cross_entropy(logits.reshape(-1, 256), ids[:, 1:].reshape(-1))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_state_layout(attention):
+    model = tiny(attention)
+    shapes = []
+    for t in (3, 130):
+        _, state = model.prefill(torch.randint(0, 256, (2, t)))
+        shapes.append([tuple(s.shape) for s in state])
+        assert len(state) == len(model.state_names()) == len(model.state_spec())
+    init = [tuple(s.shape) for s in model.init_state(2)]
+    spec = model.state_spec()
+    assert [(s["layer"], s["name"]) for s in spec] == [
+        (int(n.split(".")[1]), n.split(".")[2]) for n in model.state_names()
+    ]
+    if attention == "softmax":
+        assert shapes[0] != shapes[1] and shapes[1][0] == (2, 4, 130, 16)  # the KV cache grows
+        assert spec[0]["shape"] == ["batch", 4, "past_len", 16]
+    else:
+        assert shapes[0] == shapes[1] == init  # constant-size recurrent state
+        assert all(s["shape"][0] == "batch" and all(isinstance(d, int) for d in s["shape"][1:]) for s in spec)
+    if attention == "sla":
+        assert spec[0] == {"layer": 0, "name": "S", "shape": ["batch", 4, 16, 16], "dtype": "float32"}
+        assert [s["name"] for s in spec[:3]] == ["S", "z", "conv"] and spec[2]["shape"] == ["batch", 64, 3]
+    if attention == "gla":
+        assert spec == [
+            {"layer": i, "name": "S", "shape": ["batch", 4, 8, 16], "dtype": "float32"} for i in (0, 1)
+        ]
+
+
+def test_configs_match_the_papers_shapes():
+    c350 = slab_lm_config("350m")
+    assert (
+        c350.dim,
+        c350.num_layers,
+        c350.num_heads,
+        c350.ffn_dim,
+        c350.vocab_size,
+        c350.context_length,
+    ) == (
+        1024,
+        18,
+        8,
+        4096,
+        32000,
+        2048,
+    )
+    assert not c350.tie_embeddings
+    with torch.device("meta"):
+        n350 = SlabLM(slab_lm_config("350m", attention="softmax")).num_params()
+        n125 = SlabLM(slab_lm_config("125m", attention="gla")).num_params()
+    layer = 4 * 1024 * 1024 + 3 * 1024 * 4096 + 2 * 1024  # attention, SwiGLU, two RMSNorms
+    assert n350 == 18 * layer + 2 * 32000 * 1024 + 1024
+    d = 768  # GLA: q, k d x d/2; v, output gate (+ bias), out d x d; W1 d x 16, W2 16 x d/2 (+ b); g_norm
+    gla = d * d // 2 * 2 + 3 * d * d + d + d * 16 + 16 * d // 2 + d // 2 + d // 4
+    assert (
+        n125 == 12 * (gla + 3 * d * 2048 + 2 * d) + 2 * 32000 * d + d
+    )  # 134M, 85M without embedding and head
+
+
+def test_bad_input_gives_clear_errors():
+    model = tiny("sla")
+    with pytest.raises(InputError, match="empty"):
+        model.prefill(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(InputError, match="vocabulary"):
+        model.prefill(torch.tensor([[1, 256]]))
+    with pytest.raises(InputError, match="integer"):
+        model(torch.zeros(1, 4))
+    _, state = model.prefill(torch.tensor([[1, 2]]))
+    with pytest.raises(InputError, match="tensors"):
+        model.step(torch.tensor([3]), state[:-1])
+    bad = list(state)
+    bad[1] = torch.zeros(1, 4, 15)
+    with pytest.raises(InputError, match="layers.0.z"):
+        model.prefill(torch.tensor([[1]]), state=bad)
+    with pytest.raises(InputError, match="attention"):
+        SlabLMConfig(attention="mamba").validate()
+    with pytest.raises(InputError, match="unknown SLAB-LM config"):
+        slab_lm_config("7b")
+    with pytest.raises(InputError, match="override"):
+        slab_lm_config("tiny", width=3)
+    with pytest.raises(InputError, match="unknown SLAB-LM config keys"):
+        SlabLMConfig.from_dict({"dim": 64, "colour": "red"})
+    assert SlabLMConfig.from_dict(slab_lm_config("tiny").to_dict()) == slab_lm_config("tiny")
