@@ -209,15 +209,26 @@ def resample_grid_embedding(
     return torch.cat([prefix, grid], dim=1)
 
 
-def _format_list(names: list[str], limit: int = 12) -> str:
-    """Names grouped by pattern (block indices -> '*'), e.g. 'blocks.*.attn.qkv.weight (x12)'."""
-    groups: dict[str, int] = {}
+def _format_list(names: list[str], limit: int = 16) -> str:
+    """Names grouped by module pattern (layer indices -> '*'), leaves in braces, with counts, e.g.
+    'blocks.*.attn.qkv.{weight,bias} (x12)'."""
+    groups: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
     for name in names:
-        pattern = ".".join("*" if part.isdigit() else part for part in name.split("."))
-        groups[pattern] = groups.get(pattern, 0) + 1
-    items = [f"{p} (x{n})" if n > 1 else p for p, n in groups.items()]
+        parts = ["*" if part.isdigit() else part for part in name.split(".")]
+        parent, leaf = ".".join(parts[:-1]), parts[-1]
+        leaves = groups.setdefault(parent, [])
+        if leaf not in leaves:
+            leaves.append(leaf)
+        counts[parent] = counts.get(parent, 0) + 1
+    items = []
+    for parent, leaves in groups.items():
+        label = leaves[0] if len(leaves) == 1 else "{" + ",".join(leaves) + "}"
+        label = f"{parent}.{label}" if parent else label
+        repeats = counts[parent] // len(leaves)
+        items.append(f"{label} (x{repeats})" if repeats > 1 else label)
     shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items) - limit} more patterns)" if len(items) > limit else "")
+    return shown + (f", ... ({len(items) - limit} more groups)" if len(items) > limit else "")
 
 
 def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:

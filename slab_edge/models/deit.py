@@ -37,6 +37,7 @@ from typing import Tuple, Union  # noqa: UP035  TorchScript reads typing.Tuple, 
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs
