@@ -20,6 +20,12 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         "--memory", default="cuda-python", choices=["cuda-python", "pycuda"], help="TensorRT device memory"
     )
     group.add_argument("--device", type=int, default=0, help="CUDA device index (TensorRT)")
+    group.add_argument(
+        "--dla-core",
+        type=int,
+        default=None,
+        help="TensorRT DLA engine: core to run on (default: sidecar)",
+    )
 
 
 def session_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
@@ -32,4 +38,4 @@ def session_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
             "threads": args.threads,
             "graph_optimization": args.graph_optimization,
         }
-    return {"memory": args.memory, "device": args.device}
+    return {"memory": args.memory, "device": args.device, "dla_core": args.dla_core}

@@ -97,23 +97,27 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
     return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
 
 
+def read_metadata_props(onnx_path: str | os.PathLike) -> dict[str, str]:
+    """An ONNX file's metadata_props verbatim (with the `onnx` package when installed, else ONNX Runtime)."""
+    try:
+        import onnx
+    except ImportError:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        return dict(session.get_modelmeta().custom_metadata_map)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Decoded slab_edge.* metadata of a model file, without loading it into a backend.
 
-    `.onnx`: metadata_props (read with the `onnx` package when installed, else ONNX Runtime);
-    `.engine` / `.plan`: the sidecar's onnx_metadata ({} when there is no sidecar).
+    `.onnx`: its metadata_props; `.engine` / `.plan`: the sidecar's onnx_metadata ({} without a sidecar).
     """
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        try:
-            import onnx
-        except ImportError:
-            import onnxruntime
-
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            return decode_metadata(dict(session.get_modelmeta().custom_metadata_map))
-        model = onnx.load(str(path), load_external_data=False)
-        return decode_metadata({p.key: p.value for p in model.metadata_props})
+        return decode_metadata(read_metadata_props(path))
     side = sidecar_path(path)
     if not side.exists():
         return {}

@@ -144,6 +144,8 @@ class TensorRTSession(Session):
             With False a missing sidecar is tolerated (no metadata then).
         dla_core: DLA core to run a DLA engine on (default: the sidecar's options["dla_core"]).
         log_level: TensorRT logger severity ("error" | "warning" | "info" | "verbose").
+        lean_runtime: the lean runtime library for a version-compatible engine built with
+            exclude_lean_runtime (Runtime.load_runtime).
     """
 
     backend = "tensorrt"
@@ -157,6 +159,7 @@ class TensorRTSession(Session):
         check_sidecar: bool = True,
         dla_core: int | None = None,
         log_level: str = "warning",
+        lean_runtime: str | os.PathLike | None = None,
         **unknown: Any,
     ):
         super().__init__(path)
@@ -194,10 +197,22 @@ class TensorRTSession(Session):
         }[log_level]
         self._logger = trt.Logger(severity)
         self._runtime = trt.Runtime(self._logger)
-        if dla_core is None and self.sidecar is not None:
-            dla_core = self.sidecar.options.get("dla_core")
+        options = self.sidecar.options if self.sidecar is not None else {}
+        if dla_core is None:
+            dla_core = options.get("dla_core")
         if dla_core is not None:
             self._runtime.DLA_core = int(dla_core)  # must be set before deserializing a DLA engine
+        if options.get("version_compatible"):
+            # A version-compatible plan carries its own lean runtime (host code) that must be allowed to run;
+            # built with exclude_lean_runtime, that runtime ships as a separate library to load first.
+            self._runtime.engine_host_code_allowed = True
+            if options.get("exclude_lean_runtime"):
+                if not lean_runtime:
+                    raise BackendError(
+                        f"{self.path.name} was built version-compatible without its lean runtime: pass "
+                        "lean_runtime=<path to libnvinfer_lean.so of the building TensorRT>"
+                    )
+                self._runtime = self._runtime.load_runtime(str(lean_runtime))
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
             raise BackendError(

@@ -194,6 +194,7 @@ def make_tensorrt(log: CallLog, name: str = "tensorrt", version: str = "10.3.0.3
     class CudaEngine(Recorded):
         kind = "ICudaEngine"
         num_io_tensors = len(tensors)
+        num_optimization_profiles = 1
 
         def get_tensor_name(self, index):
             return list(tensors)[index]
@@ -235,6 +236,20 @@ def make_tensorrt(log: CallLog, name: str = "tensorrt", version: str = "10.3.0.3
             log.append(("DLA_core", core))
             used.add(("Runtime", "DLA_core"))
             self._dla_core = core
+
+        @property
+        def engine_host_code_allowed(self):
+            return getattr(self, "_host_code", False)
+
+        @engine_host_code_allowed.setter
+        def engine_host_code_allowed(self, allowed):
+            log.append(("engine_host_code_allowed", allowed))
+            used.add(("Runtime", "engine_host_code_allowed"))
+            self._host_code = allowed
+
+        def load_runtime(self, path):
+            log.append(("load_runtime", path))
+            return Runtime(self._logger)
 
         def deserialize_cuda_engine(self, data):
             log.append(("deserialize_cuda_engine", len(data)))

@@ -8,6 +8,7 @@ the session touched on the fakes exists in the real tensorrt_rtx and cuda-python
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -221,6 +222,21 @@ def test_version_compatible_engines(fakes, tmp_path):
     engine = write_engine(tmp_path, version="10.0.1", options={"version_compatible": True})
     with load(engine) as session:
         session.run(batch_of(1))
+    names = fakes.log.names()
+    assert ("engine_host_code_allowed", True) in fakes.log
+    assert names.index("engine_host_code_allowed") < names.index("deserialize_cuda_engine")
+
+
+def test_version_compatible_without_lean_runtime(fakes, tmp_path):
+    options = {"version_compatible": True, "exclude_lean_runtime": True}
+    engine = write_engine(tmp_path, version="10.0.1", options=options)
+    with pytest.raises(BackendError, match="lean_runtime="):
+        load(engine)
+    with load(engine, lean_runtime="/opt/trt/libnvinfer_lean.so.10") as session:
+        assert session.run(batch_of(1))["logits"].shape == (1, 5)
+    names = fakes.log.names()
+    assert ("load_runtime", "/opt/trt/libnvinfer_lean.so.10") in fakes.log
+    assert names.index("load_runtime") < names.index("deserialize_cuda_engine")
 
 
 def test_missing_sidecar(fakes, tmp_path):
@@ -248,6 +264,9 @@ def test_plan_suffix_and_dla_core_set_before_deserializing(fakes, tmp_path):
         names = fakes.log.names()
     assert ("DLA_core", 1) in fakes.log
     assert names.index("DLA_core") < names.index("deserialize_cuda_engine")
+    fakes.log.clear()
+    with load(engine, dla_core=0):  # the same DLA engine on the other core
+        assert ("DLA_core", 0) in fakes.log
 
 
 def test_execute_failure_and_cuda_errors_raise(fakes, tmp_path):
@@ -314,7 +333,8 @@ def test_real_cuda_python_without_gpu_is_a_clear_error():
 
 def test_fake_matches_real_api(fakes, tmp_path):
     """Every TensorRT / cuda-python name the session used on the fakes exists in the real modules."""
-    with load(write_engine(tmp_path, options={"dla_core": 0})) as session:
+    options = {"dla_core": 0, "version_compatible": True, "exclude_lean_runtime": True}
+    with load(write_engine(tmp_path, version="10.0", options=options), lean_runtime="lean.so") as session:
         session.run(batch_of(2))
     used_trt, used_cuda = set(fakes.trt.used), set(fakes.cudart.used)
     assert ("IExecutionContext", "execute_async_v3") in used_trt and (
@@ -342,3 +362,23 @@ def test_fake_matches_real_api(fakes, tmp_path):
         checked += 1
     if not checked:
         pytest.skip("neither tensorrt_rtx nor cuda-python is installed to check the fakes against")
+
+
+def test_sidecar_for_a_trtexec_engine(fakes, tmp_path, tiny_onnx, capsys):
+    from slab_edge.runtime import read_model_metadata
+    from slab_edge.runtime.sidecar import main as sidecar_main
+
+    engine = write_engine(tmp_path, sidecar=False)
+    assert (
+        sidecar_main([str(engine), "--onnx", str(tiny_onnx), "--precision", "fp16", "--dla-core", "1"]) == 0
+    )
+    assert "model.engine.json" in capsys.readouterr().out
+    side = json.loads(sidecar_path(engine).read_text())
+    assert side["builder"] == {"flavour": "tensorrt", "version": "10.3.0.30"}
+    assert side["gpu"] == {"name": "Orin", "compute_capability": "8.7"}
+    assert side["profiles"] == [{"image": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [4, 3, 8, 8]}}]
+    assert side["options"]["dla_core"] == 1 and side["precision"] == "fp16" and len(side["onnx_sha256"]) == 64
+    with load(engine) as session:  # the checks pass and the ONNX metadata comes along
+        assert session.metadata == read_model_metadata(tiny_onnx)
+    assert sidecar_main([str(tmp_path / "none.engine"), "--onnx", str(tiny_onnx), "--precision", "fp16"]) == 2
+    assert "file not found" in capsys.readouterr().err
