@@ -227,14 +227,16 @@ def benchmark_models(
 def format_report(report: dict[str, Any]) -> str:
     """A fixed-width table of the report, one row per model, plus the ratio line."""
     columns = ("p50", "p90", "p99", "mean", "items/s")
-    header = f"{'model':<8} {'backend':<12} {'input':<18} " + " ".join(f"{c:>9}" for c in columns)
+    width = max([8] + [len(m["name"]) for m in report["models"]])
+    header = f"{'model':<{width}} {'backend':<12} {'input':<18} " + " ".join(f"{c:>9}" for c in columns)
     lines = [header, "-" * len(header)]
     for m in report["models"]:
         lat = m["latency"]
         shape = "x".join(map(str, next(iter(m["inputs"].values()), [])))
         lines.append(
-            f"{m['name']:<8} {m['backend']:<12} {shape:<18} {lat['p50_ms']:>7.2f}ms {lat['p90_ms']:>7.2f}ms "
-            f"{lat['p99_ms']:>7.2f}ms {lat['mean_ms']:>7.2f}ms {lat['throughput_per_s']:>9.1f}"
+            f"{m['name']:<{width}} {m['backend']:<12} {shape:<18} "
+            + " ".join(f"{lat[k]:>7.2f}ms" for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"))
+            + f" {lat['throughput_per_s']:>9.1f}"
         )
     for m in report["models"]:
         lines.append(f"{m['name']}: {m['path']}")
