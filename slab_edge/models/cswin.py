@@ -376,7 +376,7 @@ class SlabCSwinTransformer(nn.Module):
         fold = deploy and norm_type != "layernorm"
         dims = [embed_dim * 2**i for i in range(4)]
         self.stage_resolutions = [img_size // 4 // 2**i for i in range(4)]
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
 
         self.stage1_conv_embed = ConvEmbed(in_chans, embed_dim, img_size, norm_layer, deploy=fold)
         self.feature_info = []
@@ -428,7 +428,7 @@ class SlabCSwinTransformer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    __jit_ignored_attributes__ = ["unfoldable_norms"]
+    __jit_unused_properties__ = ["unfoldable_norms"]
 
     @property
     def unfoldable_norms(self) -> list[str]:

@@ -150,11 +150,8 @@ class GlobalSLA(SimplifiedLinearAttention):
     to a scripted function, and the base class's split-qkv branch names layers this one does not have).
     """
 
-    __jit_ignored_attributes__ = ["input_linear"]
-
-    @property
-    def input_linear(self) -> list[nn.Linear]:
-        return [self.qkv]
+    # Properties are compiled by TorchScript unless listed here (the base's `input_linear` names `self.q`).
+    __jit_unused_properties__ = ["input_linear"]
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         b, n, c = x.shape
@@ -439,7 +436,7 @@ class SlabSwinTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer, deploy=fold)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         dims = [embed_dim * 2**i for i in range(num_stages)]
         stages, self.feature_info = [], []
         for i, (res, window, shift) in enumerate(windows):
@@ -482,7 +479,7 @@ class SlabSwinTransformer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    __jit_ignored_attributes__ = ["unfoldable_norms"]
+    __jit_unused_properties__ = ["unfoldable_norms"]
 
     @property
     def unfoldable_norms(self) -> list[str]:
