@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Parameter counts and GMACs of the zoo at 224 next to the official numbers (REFERENCE.md §3).
 
-    python bench/zoo_stats.py                       # DeiT + PVT families
-    python bench/zoo_stats.py --family swin cswin   # other families (whatever is registered)
+    python bench/zoo_stats.py                       # DeiT, PVT, Swin and CSwin families
+    python bench/zoo_stats.py --family swin cswin   # selected families
     python bench/zoo_stats.py --all --json runs/zoo_stats.json
     python bench/zoo_stats.py --models slab_deit_tiny_patch16_224 --size 384
 
@@ -66,7 +66,9 @@ def count(name: str, size: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", nargs="+", default=["deit", "pvt"], help="model family modules")
+    parser.add_argument(
+        "--family", nargs="+", default=["deit", "pvt", "swin", "cswin"], help="model family modules"
+    )
     parser.add_argument("--all", action="store_true", help="every registered slab-edge model")
     parser.add_argument("--models", nargs="+", help="explicit timm names (overrides --family)")
     parser.add_argument("--size", type=int, default=224)
