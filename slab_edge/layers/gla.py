@@ -114,8 +114,13 @@ class GatedLinearAttention(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """x [B, T, C], optional state from earlier tokens -> (y [B, T, C], state after x or None)."""
         q, k, v, g = self._project(x)  # [B, T, H, *]
-        form = _GLA_FORMS[resolve_mode(self.mode, x)]
-        o, s = form(q, k, v, g, self.scale, None if state is None else state[0], output_final_state)
+        mode = resolve_mode(self.mode, x)
+        # export graphs (torch.export / torch.onnx dynamo) need the chunk states without a Python loop over
+        # a data-dependent number of chunks: the loop-free form keeps the prompt length dynamic
+        extra = {"parallel_states": True} if mode == "chunk" and torch.compiler.is_exporting() else {}
+        o, s = _GLA_FORMS[mode](
+            q, k, v, g, self.scale, None if state is None else state[0], output_final_state, **extra
+        )
         return self._output(x, o), ((s,) if output_final_state else None)
 
     def step(
