@@ -556,7 +556,7 @@ _DIGITS_ARGS = dict(
 
 @register_slab_model
 def slab_deit_digits(pretrained: bool = False, **kwargs) -> SlabDeiT:
-    """Small SLAB-DeiT for 32x32 digits (8x8 = 64 tokens, ~0.47 M params): SLA + progressive norm.
+    """Small SLAB-DeiT for 32x32 digits (8x8 = 64 tokens, 0.49 M params): SLA + progressive norm.
 
     `attn_type='sla'|'softmax'` and `norm_type='prepbn'|'layernorm'|'repbn'` switch the ablation on the
     same backbone (mean pooling, no class token in every case). prepbn_steps defaults to 1,500 optimizer
