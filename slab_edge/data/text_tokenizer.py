@@ -112,6 +112,19 @@ class BPETokenizer:
             raise InputError(f"cannot read tokenizer {path}: {err}") from None
         return cls(tok, path.name)
 
+    @classmethod
+    def from_json(cls, text: str, file_name: str = DEFAULT_BPE_FILE) -> BPETokenizer:
+        """From the JSON text of a tokenizer file (e.g. sent from another process)."""
+        tokenizers = _import_tokenizers()
+        try:
+            tok = tokenizers.Tokenizer.from_str(text)
+        except Exception as err:
+            raise InputError(f"cannot read tokenizer {file_name}: {err}") from None
+        return cls(tok, file_name)
+
+    def to_json(self) -> str:
+        return self._tok.to_str()
+
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
@@ -132,7 +145,7 @@ class BPETokenizer:
         """Write `<folder>/<file_name>` atomically; returns the spec for the metadata."""
         from slab_edge.io import atomic_write_text
 
-        atomic_write_text(Path(folder) / self.file_name, self._tok.to_str())
+        atomic_write_text(Path(folder) / self.file_name, self.to_json())
         return self.spec
 
 

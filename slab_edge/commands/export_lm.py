@@ -1,0 +1,53 @@
+"""`slab-edge export-lm`: fold a trained SLAB-LM and write its prefill + decode ONNX graphs for generation.
+
+    slab-edge export-lm runs/lm-tiny-sla-prepbn -o runs/lm-tiny-sla-prepbn/onnx
+    slab-edge generate runs/lm-tiny-sla-prepbn/onnx --prompt "def main(" --max-new-tokens 64
+
+Prints the folding parity and the ONNX Runtime vs PyTorch parity (prefill logits and state, decode-step
+logits, greedy tokens through the torch-free generation loop); an export that fails them writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="train-lm run folder, its model.safetensors, or a checkpoint manifest")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="export folder (default <run>/onnx)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    parser.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch checks")
+    parser.add_argument(
+        "--parity-tokens", type=int, default=64, help="greedy tokens compared with PyTorch (default 64)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity check")
+    parser.add_argument("--save-folded", type=Path, default=None, help="also write the folded weights here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slab_edge.export.lm import export_lm
+
+    source = Path(args.model)
+    if args.output is not None:
+        output = args.output
+    else:
+        output = (source if source.is_dir() else source.parent) / "onnx"
+    report = export_lm(
+        source,
+        output,
+        opset=args.opset,
+        simplify=not args.no_simplify,
+        parity=not args.no_parity,
+        parity_tokens=args.parity_tokens,
+        threads=args.threads,
+        save_folded=args.save_folded,
+    )
+    lines = report.lines() if not args.no_parity else report.lines()[:1] + report.lines()[-1:]
+    for line in lines:
+        print(f"[slab-edge export-lm] {line}")
+    print(
+        f"[slab-edge export-lm] wrote {report.folder}/prefill.onnx and decode.onnx in {report.seconds:.1f} s"
+    )
+    return 0

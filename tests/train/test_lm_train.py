@@ -1,0 +1,130 @@
+"""train-lm: tiny steps on a slice of the stdlib corpus; files, metrics, exact resume, BPE, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from slab_edge import cli
+from slab_edge.errors import CheckpointError, InputError
+from slab_edge.train.lm import LMTrainConfig, eval_windows, load_lm, sample_batch, train_lm
+
+#: a tiny and fast run: ~60 kB of stdlib source, windows of 32 bytes, 2 windows per step
+FAST = dict(
+    max_corpus_bytes=60_000,
+    val_fraction=0.2,
+    seq_len=32,
+    batch_size=2,
+    eval_every=3,
+    eval_tokens=512,
+    final_eval_tokens=1024,
+    checkpoint_every=2,
+    log_every=1,
+    progress=False,
+    threads=1,
+    model_kwargs={"dim": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64},
+)
+
+
+def config(tmp_path, name="run", **overrides) -> LMTrainConfig:
+    values = {**FAST, "output": str(tmp_path / name), **overrides}
+    return LMTrainConfig(**values)
+
+
+def test_tiny_run_writes_model_metrics_plot_and_summary(tmp_path):
+    summary = train_lm(config(tmp_path, steps=4))
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "metrics.png", "model.safetensors", "summary.json"):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "last.json").is_file()
+    assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 2 * 32
+    # byte tokens: bits per byte is the loss in bits
+    assert summary["val_bpb"] == pytest.approx(summary["val_loss"] / math.log(2))
+    assert summary["val_tokens"] == 1024 - 1024 % 32
+    kinds = [json.loads(line)["kind"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("train") == 4 and kinds.count("eval") == 2  # at step 3 and the final one
+    model, meta, _ = load_lm(run)
+    assert meta["attention"] == "sla" and meta["norm"] == "prepbn" and meta["tokenizer"] == "byte"
+    assert not model.training
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train_lm(config(tmp_path, "a", steps=5, attention="gla"))
+    train_lm(config(tmp_path, "b", steps=5, attention="gla", stop_at_step=2))
+    resumed = train_lm(config(tmp_path, "b", steps=5, attention="gla", resume=True))
+    assert resumed["steps"] == 5
+    a, _, _ = load_lm(tmp_path / "a")
+    b, _, _ = load_lm(tmp_path / "b")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert resumed["val_loss"] == straight["val_loss"]
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    train_lm(config(tmp_path, steps=1))
+    with pytest.raises(InputError, match="already holds a run"):
+        train_lm(config(tmp_path, steps=1))
+    train_lm(config(tmp_path, steps=1, overwrite=True))
+    with pytest.raises(InputError, match="no checkpoint"):
+        train_lm(config(tmp_path, "never", steps=1, resume=True))
+
+
+def test_resume_refuses_another_model(tmp_path):
+    train_lm(config(tmp_path, steps=1, stop_at_step=1))
+    with pytest.raises(CheckpointError, match="attention"):
+        train_lm(config(tmp_path, steps=2, attention="softmax", resume=True))
+
+
+def test_bpe_tokenizer_is_trained_locally_and_saved_beside_the_model(tmp_path):
+    summary = train_lm(config(tmp_path, steps=1, tokenizer="bpe", bpe_vocab=300, norm="rmsnorm"))
+    run = tmp_path / "run"
+    assert (run / "tokenizer.json").is_file()
+    assert summary["model"]["tokenizer"] == "bpe:tokenizer.json" and summary["model"]["vocab_size"] == 300
+    # several bytes per token: bits per byte is below the loss in bits per token
+    assert summary["val_bpb"] < summary["val_loss"] / math.log(2)
+
+
+@pytest.mark.parametrize("kind", ["empty-folder", "binary-only"])
+def test_corpus_without_text_fails_before_writing_anything(tmp_path, kind):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    if kind == "binary-only":
+        (corpus / "blob.bin").write_bytes(b"\x00\xff" * 100)
+    out = tmp_path / "out"
+    argv = ["train-lm", "--corpus", str(corpus), "--output", str(out), "--steps", "1", "--no-progress"]
+    assert cli.main(argv) == 2
+    assert not out.exists()
+
+
+def test_corpus_smaller_than_one_window_is_a_clear_error(tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("print('hi')\n" * 3)
+    with pytest.raises(InputError, match="fewer than one window"):
+        train_lm(config(tmp_path, corpus=str(text), steps=1, max_corpus_bytes=None))
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_choices_are_refused(tmp_path):
+    for key, value in (("attention", "mamba"), ("norm", "layernorm"), ("model", "7b"), ("amp", "fp8")):
+        with pytest.raises(InputError, match=key if key != "model" else "--model"):
+            train_lm(config(tmp_path, **{key: value}))
+
+
+def test_batches_are_a_pure_function_of_the_step():
+    tokens = torch.arange(1000, dtype=torch.int32)
+    a = sample_batch(tokens, 4, 16, seed=0, step=7)
+    b = sample_batch(tokens, 4, 16, seed=0, step=7)
+    c = sample_batch(tokens, 4, 16, seed=0, step=8)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    inputs, targets = a
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])  # targets are the inputs shifted by one
+    assert eval_windows(100, 32, None) == [0, 32, 64] and eval_windows(100, 32, 70) == [0, 32]
+
+
+def test_cli_print_config_resolves_size_defaults(capsys):
+    assert cli.main(["train-lm", "--model", "125M", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["model"] == "125m" and cfg["lr"] == 3e-4 and cfg["weight_decay"] == 0.01
