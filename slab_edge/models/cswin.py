@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -412,10 +412,11 @@ class SlabCSwinTransformer(nn.Module):
                 )  # fmt: skip
                 for j in range(depths[i])
             ]
-            setattr(self, f"stage{i + 1}", nn.ModuleList(blocks))
+            setattr(self, f"stage{i + 1}", nn.Sequential(*blocks))
             if not last:
                 setattr(self, f"merge{i + 1}", MergeBlock(dims[i], dims[i + 1], res, norm_layer, deploy=fold))
             self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stage{i + 1}"})
+        self.grad_checkpointing = False
         self.num_features = self.head_hidden_size = dims[-1]
         self.norm = nn.Identity() if fold and num_classes > 0 else norm_layer(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -442,7 +443,7 @@ class SlabCSwinTransformer(nn.Module):
             names.append("norm")
         return names
 
-    def _stages(self) -> list[tuple[nn.Module, nn.ModuleList]]:
+    def _stages(self) -> list[tuple[nn.Module, nn.Sequential]]:
         """(entry module, blocks) per stage: the conv embed, then merge1..merge3."""
         entries = [self.stage1_conv_embed, self.merge1, self.merge2, self.merge3]
         blocks = [self.stage1, self.stage2, self.stage3, self.stage4]
@@ -450,7 +451,12 @@ class SlabCSwinTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"positional_encoding", "scale"}
+        """fnmatch patterns of parameters trained without weight decay: none beyond timm's 1-d rule.
+
+        The official CSwin lists `pos_embed` / `cls_token`, names this model does not have, so the SLA
+        positional encodings are decayed there too.
+        """
+        return set()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -461,8 +467,8 @@ class SlabCSwinTransformer(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            raise NotImplementedError("gradient checkpointing is not implemented for SlabCSwinTransformer")
+        """Recompute block activations in backward (BatchNorm running statistics then update twice)."""
+        self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -480,17 +486,13 @@ class SlabCSwinTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> normalized tokens [B, N, C] of the last stage."""
         x = self.stage1_conv_embed(x)
-        for blk in self.stage1:
-            x = blk(x)
-        x = self.merge1(x)
-        for blk in self.stage2:
-            x = blk(x)
-        x = self.merge2(x)
-        for blk in self.stage3:
-            x = blk(x)
-        x = self.merge3(x)
-        for blk in self.stage4:
-            x = blk(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stage1, x)
+            x = checkpoint_seq(self.stage2, self.merge1(x))
+            x = checkpoint_seq(self.stage3, self.merge2(x))
+            x = checkpoint_seq(self.stage4, self.merge3(x))
+        else:
+            x = self.stage4(self.merge3(self.stage3(self.merge2(self.stage2(self.merge1(self.stage1(x)))))))
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -549,7 +551,7 @@ class SlabCSwinTransformer(nn.Module):
         take, max_index = feature_take_indices(4, indices)
         prune_end = max_index < 3
         for i in range(max_index + 1, 4):
-            setattr(self, f"stage{i + 1}", nn.ModuleList())
+            setattr(self, f"stage{i + 1}", nn.Sequential())
             setattr(self, f"merge{i}", nn.Identity())
         if prune_norm or prune_end:
             self.norm = nn.Identity()

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -319,9 +319,14 @@ class SwinStage(nn.Module):
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
         self.downsample = downsample if downsample is not None else nn.Identity()
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.downsample(self.blocks(x))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.downsample(x)
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -495,11 +500,12 @@ class SlabSwinTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"relative_position_bias_table", "positional_encoding"}
+        """fnmatch patterns (timm's optimizer factory) of parameters trained without weight decay.
 
-    @torch.jit.ignore
-    def no_weight_decay_keywords(self) -> set[str]:
-        return {"relative_position_bias_table", "positional_encoding"}
+        As the official Swin recipe: relative-position tables only (its keyword list); the SLA positional
+        encodings are decayed like other weights. 1-d parameters (biases, norms) are excluded by timm anyway.
+        """
+        return {"*relative_position_bias_table"}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -512,8 +518,9 @@ class SlabSwinTransformer(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            raise NotImplementedError("gradient checkpointing is not implemented for SlabSwinTransformer")
+        """Recompute block activations in backward (BatchNorm running statistics then update twice)."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

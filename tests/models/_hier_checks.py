@@ -139,9 +139,10 @@ def check_headless_final_norm_is_listed(name: str, reduced: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- timm interface
-def check_forward_backward(name: str, reduced: dict) -> None:
+def check_forward_backward(name: str, reduced: dict, checkpointing: bool = False) -> None:
     """Training mode (progressive norms mix LN and RepBN): shapes, finite values, gradients everywhere."""
     model = build(name, reduced, drop_path_rate=0.1).train()
+    model.set_grad_checkpointing(checkpointing)
     out = model(image(batch=2))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     out.logsumexp(dim=1).mean().backward()

@@ -89,8 +89,9 @@ def test_final_norm_without_classifier_is_declared_unfoldable():
 
 
 # ----------------------------------------------------------------------------------------- timm interface
-def test_forward_backward_train_mode():
-    checks.check_forward_backward("slab_cswin_tiny_224", REDUCED)
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_forward_backward_train_mode(checkpointing):
+    checks.check_forward_backward("slab_cswin_tiny_224", REDUCED, checkpointing)
 
 
 @pytest.mark.parametrize("name", NAMES)
