@@ -460,10 +460,12 @@ class SlabCSwinTransformer(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return {
-            "stem": r"^stage1_conv_embed",
-            "blocks": [(r"^(?:stage|merge)(\d+)", None), (r"^norm", (99999,))],
-        }
+        """Parameter groups for layer-wise lr decay: stem, then per stage (or per block), then the norm."""
+        if coarse:
+            blocks = [(r"^(?:stage|merge)(\d+)", None), (r"^norm", (99999,))]
+        else:
+            blocks = [(r"^stage(\d+)\.(\d+)", None), (r"^merge(\d+)", (99998,)), (r"^norm", (99999,))]
+        return {"stem": r"^stage1_conv_embed", "blocks": blocks}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

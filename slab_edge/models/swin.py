@@ -509,12 +509,15 @@ class SlabSwinTransformer(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return {
-            "stem": r"^patch_embed",
-            "blocks": r"^layers\.(\d+)" if coarse else [(r"^layers\.(\d+).downsample", (0,)),
-                                                         (r"^layers\.(\d+)\.\w+\.(\d+)", None),
-                                                         (r"^norm", (99999,))],
-        }  # fmt: skip
+        """Parameter groups for layer-wise lr decay: stem, then per stage (or per block), then the norm."""
+        if coarse:
+            return {"stem": r"^patch_embed", "blocks": [(r"^layers\.(\d+)", None), (r"^norm", (99999,))]}
+        blocks = [
+            (r"^layers\.(\d+)\.blocks\.(\d+)", None),
+            (r"^layers\.(\d+)\.downsample", (99998,)),  # PatchMerging ends its stage (official layout)
+            (r"^norm", (99999,)),
+        ]
+        return {"stem": r"^patch_embed", "blocks": blocks}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
