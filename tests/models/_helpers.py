@@ -9,6 +9,10 @@
 - randomize_norm_statistics(model, seed): BN statistics/affine and RepBN alpha drawn at random, so a fold that
   drops a term shows up (default statistics hide such bugs).
 - randomize_layernorms(model, seed): LayerNorm affine drawn at random.
+- randomize_weights(model, seed): Linear/Conv weights U(+-0.7/sqrt(fan_in)), biases U(+-0.1), positional
+  tables
+  N(0, 0.1) (the conformance recipe): residual branches matter, so a wrong fold moves the logits. With the
+  default N(0, 0.02) init the branches are negligible and hide fold bugs.
 - fold_parity(model, x) -> (deploy model, max |diff| / max |logit|).
 """
 
@@ -119,6 +123,24 @@ def randomize_layernorms(model: nn.Module, seed: int = 0) -> nn.Module:
         if isinstance(module, nn.LayerNorm) and module.weight is not None:
             module.weight.copy_(torch.rand(module.weight.shape, generator=g) * 0.4 + 0.8)
             module.bias.copy_((torch.rand(module.bias.shape, generator=g) - 0.5) * 0.2)
+    return model
+
+
+@torch.no_grad()
+def randomize_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    """In place: Linear/Conv weights U(+-0.7/sqrt(fan_in)), biases U(+-0.1); parameters named like positional
+    tables (pos_embed*, positional_encoding, cls_token) N(0, 0.1). Returns the model."""
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            bound = 0.7 / module.weight[0].numel() ** 0.5
+            module.weight.copy_((torch.rand(module.weight.shape, generator=g) * 2 - 1) * bound)
+            if module.bias is not None:
+                module.bias.copy_((torch.rand(module.bias.shape, generator=g) * 2 - 1) * 0.1)
+    for name, param in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("pos_embed") or leaf in ("positional_encoding", "cls_token"):
+            param.copy_(torch.randn(param.shape, generator=g) * 0.1)
     return model
 
 

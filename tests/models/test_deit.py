@@ -14,6 +14,7 @@ from _helpers import (
     load_conformance,
     randomize_layernorms,
     randomize_norm_statistics,
+    randomize_weights,
     require_conformance,
 )
 from torch import nn
@@ -186,7 +187,7 @@ def test_conformance(variant):
 
 @pytest.mark.parametrize("name", ALL)
 def test_fold_parity_deploy_reload_idempotent(name):
-    model = randomize_layernorms(randomize_norm_statistics(build(name))).eval()
+    model = randomize_layernorms(randomize_norm_statistics(randomize_weights(build(name)))).eval()
     x = image(model)
     deploy, rel = fold_parity(model, x)
     assert rel <= 1e-5, f"fold parity {rel:.3g}"
@@ -205,7 +206,9 @@ def test_fold_parity_deploy_reload_idempotent(name):
 
 
 def test_final_norm_without_head_is_kept_and_listed():
-    model = randomize_norm_statistics(build("slab_deit_tiny_patch16_224", num_classes=0)).eval()
+    model = randomize_norm_statistics(
+        randomize_weights(build("slab_deit_tiny_patch16_224", num_classes=0))
+    ).eval()
     deploy, rel = fold_parity(model, image(model))
     assert rel <= 1e-5 and remaining_norms(deploy) == ["norm"] == deploy.unfoldable_norms
 

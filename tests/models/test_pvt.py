@@ -12,6 +12,7 @@ from _helpers import (
     load_conformance,
     randomize_layernorms,
     randomize_norm_statistics,
+    randomize_weights,
     require_conformance,
 )
 from torch import nn
@@ -163,7 +164,7 @@ def test_conformance(variant):
 
 @pytest.mark.parametrize("name", ALL)
 def test_fold_parity_deploy_reload_idempotent(name):
-    model = randomize_layernorms(randomize_norm_statistics(build(name))).eval()
+    model = randomize_layernorms(randomize_norm_statistics(randomize_weights(build(name)))).eval()
     x = image()
     deploy, rel = fold_parity(model, x)
     assert rel <= 1e-5, f"fold parity {rel:.3g}"
@@ -180,7 +181,9 @@ def test_fold_parity_deploy_reload_idempotent(name):
 
 
 def test_layernorm_variant_lists_unfoldable_norms():
-    model = randomize_norm_statistics(build("pvt_tiny_prepbn", norm_type="layernorm")).eval()
+    model = randomize_norm_statistics(
+        randomize_weights(build("pvt_tiny_prepbn", norm_type="layernorm"))
+    ).eval()
     deploy, rel = fold_parity(model, image())
     assert rel <= 1e-5
     assert (
