@@ -10,9 +10,8 @@
   drops a term shows up (default statistics hide such bugs).
 - randomize_layernorms(model, seed): LayerNorm affine drawn at random.
 - randomize_weights(model, seed): Linear/Conv weights U(+-0.7/sqrt(fan_in)), biases U(+-0.1), positional
-  tables
-  N(0, 0.1) (the conformance recipe): residual branches matter, so a wrong fold moves the logits. With the
-  default N(0, 0.02) init the branches are negligible and hide fold bugs.
+  tables N(0, 0.1) (the conformance recipe): residual branches matter, so a wrong fold moves the logits.
+  With the default N(0, 0.02) init the branches are negligible and hide fold bugs.
 - fold_parity(model, x) -> (deploy model, max |diff| / max |logit|).
 """
 
