@@ -11,7 +11,7 @@ from slab_edge.layers.norms import (
     set_progressive_schedule,
 )
 from slab_edge.layers.reparam import reparameterize_model
-from slab_edge.layers.sla import SimplifiedLinearAttention, sla_mix
+from slab_edge.layers.sla import SimplifiedLinearAttention
 from slab_edge.layers.softmax_attention import CausalSelfAttention
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "current_mix_weight",
     "reparameterize_model",
     "set_progressive_schedule",
-    "sla_mix",
     # language models
     "CausalSelfAttention",
     "CausalSimplifiedLinearAttention",

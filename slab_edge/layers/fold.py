@@ -20,7 +20,9 @@ def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor,
     return scale, bias - bn.running_mean.double() * scale
 
 
-def repbn_affine(bn: nn.modules.batchnorm._BatchNorm, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def repbn_affine(
+    bn: nn.modules.batchnorm._BatchNorm, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode RepBN, BN(x) + alpha * x, as (scale, shift), each [C], float64."""
     scale, shift = batchnorm_affine(bn)
     return scale + alpha.double(), shift

@@ -1,11 +1,14 @@
 """Simplified linear attention (SLA) for vision: ReLU-kernel linear attention + a shared depthwise conv on V.
 
+No `from __future__ import annotations` here: TorchScript cannot resolve string annotations of
+@torch.jit.unused methods.
+
 Layer maths (REFERENCE §1): q, k, v = projections of x; k += P (learnable positional encoding, zero init);
 Q, K = ReLU(q), ReLU(k); per head O = Q (K^T V) / (Q . sum K + eps) in float32; O += DWC(V) with ONE 5x5
 depthwise conv over the head dimension shared by all heads; merge heads; output projection.
 """
 
-from __future__ import annotations
+from typing import Optional, Tuple  # noqa: UP035  (TorchScript resolves typing names)
 
 import torch
 import torch.nn.functional as F
@@ -14,34 +17,9 @@ from torch import nn
 from slab_edge.ops.sla import sla_core
 
 
-def sla_mix(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, hw: tuple[int, int], dwc: nn.Conv2d
+def resample_positional_encoding(
+    pe: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]
 ) -> torch.Tensor:
-    """Multi-head SLA token mixing before the output projection.
-
-    Args:
-        q, k, v: [B, N, C] projected queries, keys (positional encoding already added) and values.
-        num_heads: h; head dim d = C / h.
-        hw: (H, W) with H * W = N, the token grid DWC runs on.
-        dwc: depthwise Conv2d(d, d, k, groups=d) shared by all heads.
-
-    Returns:
-        [B, N, C] in v's dtype.
-    """
-    b, n, c = q.shape
-    h, w = hw
-    d = c // num_heads
-    q = F.relu(q).reshape(b, n, num_heads, d).transpose(1, 2)  # [B, h, N, d]
-    k = F.relu(k).reshape(b, n, num_heads, d).transpose(1, 2)
-    v = v.reshape(b, n, num_heads, d).transpose(1, 2)
-    out = sla_core(q, k, v)  # [B, h, N, d] float32
-    fmap = v.reshape(b * num_heads, h, w, d).permute(0, 3, 1, 2)  # [B*h, d, H, W]
-    fmap = dwc(fmap).permute(0, 2, 3, 1).reshape(b, num_heads, n, d)
-    out = out + fmap
-    return out.transpose(1, 2).reshape(b, n, c).to(v.dtype)  # [B, N, C]
-
-
-def resample_positional_encoding(pe: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> torch.Tensor:
     """Bicubic resize of a [1, H*W, C] positional encoding to a new grid (timm's convention)."""
     if tuple(old_hw) == tuple(new_hw):
         return pe
@@ -66,6 +44,8 @@ class SimplifiedLinearAttention(nn.Module):
             grid other than grid_size raises ValueError.
     """
 
+    __jit_unused_properties__ = ["input_linear"]
+
     def __init__(
         self,
         dim: int,
@@ -83,17 +63,24 @@ class SimplifiedLinearAttention(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads = dim, num_heads
         self.head_dim = dim // num_heads
-        self.grid_size = tuple(grid_size)
+        self.grid_size: tuple[int, int] = (int(grid_size[0]), int(grid_size[1]))
         self.dynamic_size = dynamic_size
         self.split_qkv = split_qkv
+        # The unused projection slots hold parameter-free Identities so TorchScript can compile both branches
+        # while the state dict keeps the official names only.
         if split_qkv:
             self.q = nn.Linear(dim, dim, bias=qkv_bias)
             self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+            self.qkv = nn.Identity()
         else:
             self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+            self.q = nn.Identity()
+            self.kv = nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.dwc = nn.Conv2d(self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2, groups=self.head_dim)
+        self.dwc = nn.Conv2d(
+            self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2, groups=self.head_dim
+        )
         self.positional_encoding = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], dim))
 
     @property
@@ -101,25 +88,48 @@ class SimplifiedLinearAttention(nn.Module):
         """The Linear layers that read the attention input (the ones a preceding norm folds into)."""
         return [self.q, self.kv] if self.split_qkv else [self.qkv]
 
-    def positional_encoding_for(self, hw: tuple[int, int]) -> torch.Tensor:
-        if tuple(hw) == self.grid_size:
+    def positional_encoding_for(self, hw: Tuple[int, int]) -> torch.Tensor:  # noqa: UP006 (TorchScript)
+        if hw[0] == self.grid_size[0] and hw[1] == self.grid_size[1]:
             return self.positional_encoding
         if not self.dynamic_size:
             raise ValueError(
-                f"SLA positional encoding is fixed to a {self.grid_size[0]}x{self.grid_size[1]} token grid, "
-                f"got {hw[0]}x{hw[1]}; build the model for this image size (img_size=...) or pass "
-                "dynamic_img_size=True to resample it"
+                "SLA positional encoding is fixed to a "
+                + f"{self.grid_size[0]}x{self.grid_size[1]} token grid, got {hw[0]}x{hw[1]}; build the model "
+                + "for this image size (img_size=...) or pass dynamic_img_size=True to resample it"
             )
-        return resample_positional_encoding(self.positional_encoding, self.grid_size, hw)
+        return self._resampled_encoding(hw[0], hw[1])
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
-        b, n, c = x.shape
-        hw = tuple(hw) if hw is not None else self.grid_size
+    @torch.jit.unused
+    def _resampled_encoding(self, h: int, w: int) -> torch.Tensor:
+        return resample_positional_encoding(self.positional_encoding, self.grid_size, (h, w))
+
+    def forward(self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:  # noqa: UP006,UP045
+        if hw is None:
+            hw = self.grid_size
         if self.split_qkv:
             q = self.q(x)
             k, v = self.kv(x).chunk(2, dim=-1)
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
         k = k + self.positional_encoding_for(hw)
-        out = sla_mix(q, k, v, self.num_heads, hw, self.dwc)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(self.mix(q, k, v, hw)))
+
+    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:  # noqa: UP006
+        """Multi-head SLA token mixing before the output projection.
+
+        Args:
+            q, k, v: [B, N, C] projected queries, keys (positional encoding already added) and values.
+            hw: (H, W) with H * W = N, the token grid the DWC runs on.
+
+        Returns:
+            [B, N, C] in v's dtype: per head Q (K^T V) / (Q . sum K + eps) + DWC(V), heads merged.
+        """
+        b, n, c = q.shape
+        heads, d = self.num_heads, self.head_dim
+        q = F.relu(q).reshape(b, n, heads, d).transpose(1, 2)  # [B, h, N, d]
+        k = F.relu(k).reshape(b, n, heads, d).transpose(1, 2)
+        v = v.reshape(b, n, heads, d).transpose(1, 2)
+        out = sla_core(q, k, v)  # [B, h, N, d] float32
+        fmap = v.reshape(b * heads, hw[0], hw[1], d).permute(0, 3, 1, 2)  # [B*h, d, H, W]
+        fmap = self.dwc(fmap).permute(0, 2, 3, 1).reshape(b, heads, n, d)
+        return (out + fmap).transpose(1, 2).reshape(b, n, c).to(v.dtype)  # [B, N, C]

@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
@@ -42,7 +41,6 @@ from slab_edge.layers.reparam import absorb_into_following, absorb_into_precedin
 from slab_edge.layers.sla import SimplifiedLinearAttention
 from slab_edge.models._common import make_norm_layer, unfoldable_norm_names
 from slab_edge.models._registry import register_slab_model
-from slab_edge.ops.sla import sla_core
 
 __all__ = ["SlabSwinTransformer", "checkpoint_filter_fn"]
 
@@ -142,33 +140,6 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class GlobalSLA(SimplifiedLinearAttention):
-    """SLA over the whole stage map (official names qkv, proj, dwc, positional_encoding).
-
-    Input [B, H*W, C] -> [B, H*W, C]. Same maths as SimplifiedLinearAttention with a fused qkv; the
-    forward is written out here so that the model compiles with TorchScript (a module cannot be passed
-    to a scripted function, and the base class's split-qkv branch names layers this one does not have).
-    """
-
-    # Properties are compiled by TorchScript unless listed here (the base's `input_linear` names `self.q`).
-    __jit_unused_properties__ = ["input_linear"]
-
-    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
-        b, n, c = x.shape
-        heads, d = self.num_heads, self.head_dim
-        grid_h, grid_w = self.grid_size[0], self.grid_size[1]
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        k = k + self.positional_encoding
-        q = F.relu(q).reshape(b, n, heads, d).transpose(1, 2)  # [B, h, N, d]
-        k = F.relu(k).reshape(b, n, heads, d).transpose(1, 2)
-        v = v.reshape(b, n, heads, d).transpose(1, 2)
-        out = sla_core(q, k, v)  # [B, h, N, d], float32
-        fmap = v.reshape(b * heads, grid_h, grid_w, d).permute(0, 3, 1, 2)  # [B*h, d, H, W]
-        fmap = self.dwc(fmap).permute(0, 2, 3, 1).reshape(b, heads, n, d)
-        out = (out + fmap).transpose(1, 2).reshape(b, n, c).to(x.dtype)
-        return self.proj_drop(self.proj(out))
-
-
 # ----------------------------------------------------------------------------------------- blocks
 class SwinBlock(nn.Module):
     """Pre-norm transformer block on a [B, H*W, C] token map: (shifted) window softmax attention or SLA.
@@ -205,7 +176,7 @@ class SwinBlock(nn.Module):
         self.is_linear = attn_type == "L"
         self.norm1 = nn.Identity() if deploy else norm_layer(dim)
         if self.is_linear:
-            self.attn = GlobalSLA(
+            self.attn = SimplifiedLinearAttention(
                 dim, num_heads, self.resolution, qkv_bias=qkv_bias or deploy, kernel_size=kernel_size,
                 attn_drop=attn_drop, proj_drop=proj_drop,
             )  # fmt: skip

@@ -28,16 +28,23 @@ def sla_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = SLA
     Returns:
         [..., N, d_v] in float32: (q_i . sum_j k_j v_j^T) / (q_i . sum_j k_j + eps).
     """
+    if (
+        torch.jit.is_scripting()
+    ):  # TorchScript needs a constant autocast device; scripted graphs run unautocast
+        return _sla_core_fp32(q, k, v, eps)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v = q.float(), k.float(), v.float()
-        k_sum = k.sum(dim=-2, keepdim=True)  # [..., 1, d]
-        z = q @ k_sum.transpose(-2, -1) + eps  # [..., N, 1]
-        if use_linear_order(q.shape[-2], q.shape[-1]):
-            out = q @ (k.transpose(-2, -1) @ v)  # [..., N, d] @ [..., d, d_v]
-        else:
-            out = (q @ k.transpose(-2, -1)) @ v  # [..., N, N] @ [..., N, d_v]
-        out = out / z
-    return out
+        return _sla_core_fp32(q, k, v, eps)
+
+
+def _sla_core_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    q, k, v = q.float(), k.float(), v.float()
+    k_sum = k.sum(dim=-2, keepdim=True)  # [..., 1, d]
+    z = q @ k_sum.transpose(-2, -1) + eps  # [..., N, 1]
+    if use_linear_order(q.shape[-2], q.shape[-1]):
+        out = q @ (k.transpose(-2, -1) @ v)  # [..., N, d] @ [..., d, d_v]
+    else:
+        out = (q @ k.transpose(-2, -1)) @ v  # [..., N, N] @ [..., N, d_v]
+    return out / z
 
 
 def sla_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = SLA_EPS) -> torch.Tensor:

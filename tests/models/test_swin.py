@@ -139,11 +139,6 @@ def test_official_names_resolve():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_torchscript(name):
-    if name in SLA_NAMES:
-        pytest.skip(
-            "SLA stages call slab_edge.ops.sla.sla_core, whose autocast guard takes the device type from "
-            "the input; TorchScript needs it constant. Export SLA models with torch.export / ONNX instead."
-        )
     checks.check_torchscript(name, reduced(name))
 
 
