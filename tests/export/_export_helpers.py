@@ -1,0 +1,82 @@
+"""Shared by the export tests: reduced-size zoo configurations and weight randomization.
+
+Widths follow shared/reference/conformance (the official models at reduced width, e.g. SLAB-DeiT embed 24,
+PVT [8, 16, 40, 64], Swin 8 with heads 2-4-8-16, CSwin 4 with heads 1-2-4-8); depths are cut to 1-2 blocks
+per stage so a dynamo export takes seconds, keeping every block type (SLA and softmax stages, shifted
+windows, PVT spatial reduction, CSwin stripes) in the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: name prefix -> constructor overrides (first match wins)
+REDUCED: list[tuple[str, dict]] = [
+    ("slab_deit_digits", {"embed_dim": 48, "depth": 2}),
+    ("deit_digits", {"embed_dim": 48, "depth": 2}),
+    ("slab_deit_", {"embed_dim": 24, "depth": 2, "num_classes": 10}),
+    ("deit_", {"embed_dim": 24, "depth": 2, "num_classes": 10}),
+    ("slab_pvt_", {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "num_classes": 10}),
+    ("pvt_", {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "num_classes": 10}),
+    ("slab_swin_", {"embed_dim": 8, "num_heads": (2, 4, 8, 16), "depths": (2, 1, 1, 1), "num_classes": 10}),
+    ("swin_", {"embed_dim": 8, "num_heads": (2, 4, 8, 16), "depths": (2, 1, 1, 1), "num_classes": 10}),
+    ("slab_cswin_", {"embed_dim": 4, "num_heads": (1, 2, 4, 8), "depths": (1, 1, 1, 1), "num_classes": 10}),
+]
+
+
+def reduced_kwargs(name: str) -> dict:
+    for prefix, kwargs in REDUCED:
+        if name.startswith(prefix):
+            return dict(kwargs)
+    return {"num_classes": 10}
+
+
+def zoo_models() -> list[str]:
+    """Every registered vision model (the zoo helpers add families over time)."""
+    from slab_edge.models import list_models
+
+    return list_models()
+
+
+@torch.no_grad()
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Conformance-style random weights (in place): fan-in-scaled Linear/Conv, random BN statistics and
+    affine, RepBN alpha, LayerNorm affine, positional tables. Logits come out O(1), so a 1e-4 parity bound
+    means something, and folds that drop a term show up (default statistics hide them)."""
+    from slab_edge.layers.norms import RepBN
+
+    g = torch.Generator().manual_seed(seed)
+    uniform = lambda shape, lo, hi: torch.rand(shape, generator=g) * (hi - lo) + lo
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv1d)):
+            bound = 0.7 / module.weight[0].numel() ** 0.5
+            module.weight.copy_(uniform(module.weight.shape, -bound, bound))
+            if module.bias is not None:
+                module.bias.copy_(uniform(module.bias.shape, -0.1, 0.1))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            c = module.num_features
+            module.running_mean.copy_(uniform(c, -0.5, 0.5))
+            module.running_var.copy_(uniform(c, 0.5, 2.0))
+            if module.weight is not None:
+                module.weight.copy_(uniform(c, 0.5, 1.5))
+                module.bias.copy_(uniform(c, -0.2, 0.2))
+        elif isinstance(module, RepBN):
+            module.alpha.copy_(uniform(1, 0.5, 1.5))
+        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+            module.weight.copy_(uniform(module.weight.shape, 0.8, 1.2))
+            module.bias.copy_(uniform(module.bias.shape, -0.1, 0.1))
+    for name, param in model.named_parameters():
+        if "positional_encoding" in name or "pos_embed" in name or "cls_token" in name:
+            param.copy_(torch.randn(param.shape, generator=g) * 0.1)
+        elif "relative_position_bias_table" in name:
+            param.copy_(torch.randn(param.shape, generator=g) * 0.5)
+    return model
+
+
+def build_reduced(name: str, seed: int = 0) -> nn.Module:
+    """A reduced, randomized, eval-mode zoo model (training structure, norms not folded)."""
+    from slab_edge.models import create_model
+
+    torch.manual_seed(seed)
+    return randomize(create_model(name, **reduced_kwargs(name)), seed).eval()

@@ -1,0 +1,158 @@
+"""Pure graph tools: SLA-core detection and tagging, fp16 round-trip removal, topological sort."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from slab_edge.export.graph import (
+    find_sla_cores,
+    op_type_counts,
+    remove_fp16_round_trips,
+    sla_core_node_names,
+    tag_sla_cores,
+    topological_sort,
+)
+from slab_edge.ops.sla import sla_core
+
+
+def _value(name, elem=TensorProto.FLOAT, shape=(1, 2, 16, 4)):
+    return helper.make_tensor_value_info(name, elem, list(shape))
+
+
+def _sla_graph(linear: bool = True, with_decoy: bool = True) -> onnx.ModelProto:
+    """A hand-written SLA core (as the exporters emit it) plus a GELU-style x / sqrt(2) decoy Div."""
+    nodes = [
+        helper.make_node("ReduceSum", ["k", "axes"], ["ksum"], keepdims=1, name="/attn/ReduceSum"),
+        helper.make_node("Transpose", ["ksum"], ["ksum_t"], perm=[0, 1, 3, 2], name="/attn/Transpose_1"),
+        helper.make_node("MatMul", ["q", "ksum_t"], ["z0"], name="/attn/MatMul_z"),
+        helper.make_node("Add", ["z0", "eps"], ["z"], name="/attn/Add"),
+        helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2], name="/attn/Transpose_2"),
+    ]
+    if linear:
+        nodes += [
+            helper.make_node("MatMul", ["k_t", "v"], ["kv"], name="/attn/MatMul_kv"),
+            helper.make_node("MatMul", ["q", "kv"], ["num"], name="/attn/MatMul_out"),
+        ]
+    else:
+        nodes += [
+            helper.make_node("MatMul", ["q", "k_t"], ["qk"], name="/attn/MatMul_qk"),
+            helper.make_node("MatMul", ["qk", "v"], ["num"], name="/attn/MatMul_out"),
+        ]
+    nodes.append(helper.make_node("Div", ["num", "z"], ["out"], name="/attn/Div"))
+    if with_decoy:
+        nodes += [
+            helper.make_node("MatMul", ["out", "w"], ["h"], name="/mlp/fc1/MatMul"),
+            helper.make_node("Div", ["h", "sqrt2"], ["h2"], name="/mlp/act/Div"),
+        ]
+    inits = [
+        helper.make_tensor("axes", TensorProto.INT64, [1], [-2]),
+        helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-6]),
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 4], np.eye(4).ravel().tolist()),
+        helper.make_tensor("sqrt2", TensorProto.FLOAT, [], [2**0.5]),
+    ]
+    output = "h2" if with_decoy else "out"
+    graph = helper.make_graph(
+        nodes, "sla", [_value("q"), _value("k"), _value("v")], [_value(output)], initializer=inits
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("linear", [True, False], ids=["linear-order", "quadratic-order"])
+def test_find_and_tag_sla_core(linear):
+    model = _sla_graph(linear)
+    cores = find_sla_cores(model)
+    assert len(cores) == 1
+    assert {n.op_type for n in cores[0]} == {"Div", "Add", "MatMul", "Transpose", "ReduceSum"}
+    assert len(cores[0]) == 8  # every core node, and neither the decoy Div nor fc1
+    names = tag_sla_cores(model)
+    assert all(n.startswith("/attn/sla_core/") for n in names)
+    assert "/mlp/act/Div" not in sla_core_node_names(model)
+    assert tag_sla_cores(model) == names  # idempotent
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_no_core_without_reduce_sum_normalizer():
+    model = _sla_graph()
+    for node in model.graph.node:
+        if node.op_type == "ReduceSum":
+            node.op_type = "ReduceMax"
+    assert find_sla_cores(model) == []
+
+
+class _Core(torch.nn.Module):
+    def forward(self, q, k, v):
+        return sla_core(torch.relu(q), torch.relu(k), v) * 2.0
+
+
+@pytest.mark.filterwarnings("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize("tokens,dim", [(16, 4), (4, 16)], ids=["linear-order", "quadratic-order"])
+def test_exported_sla_core_is_found(exporter, tokens, dim):
+    """What torch.onnx really emits for slab_edge.ops.sla.sla_core: one core per call, MatMul-only."""
+    from slab_edge.export.onnx_export import finalize_graph
+
+    x = torch.randn(1, 2, tokens, dim)
+    if exporter == "dynamo":
+        proto = torch.onnx.export(_Core(), (x, x, x), dynamo=True, verbose=False).model_proto
+    else:
+        buffer = io.BytesIO()
+        torch.onnx.export(_Core(), (x, x, x), buffer, dynamo=False)
+        proto = onnx.load_from_string(buffer.getvalue())
+    proto = finalize_graph(proto)
+    assert len(find_sla_cores(proto)) == 1
+    counts = op_type_counts(proto)
+    assert counts["Einsum"] == 0 and counts["ReduceSum"] == 1 and counts["MatMul"] == 3
+    assert {"MatMul", "ReduceSum", "Div"} <= {n.op_type for n in proto.graph.node if "sla_core" in n.name}
+
+
+def _cast(name, inp, out, to):
+    return helper.make_node("Cast", [inp], [out], to=to, name=name)
+
+
+def test_remove_fp16_round_trips_keeps_fp32_between_core_nodes():
+    """MatMul(fp32) -> Cast16 -> Cast32 -> Div: the Div must read the fp32 MatMul output directly, while an
+    fp16 consumer of the Cast16 keeps it."""
+    nodes = [
+        helper.make_node("MatMul", ["a", "b"], ["m"], name="sla_core/MatMul"),
+        _cast("c16", "m", "m16", TensorProto.FLOAT16),
+        _cast("c32", "m16", "m32", TensorProto.FLOAT),
+        helper.make_node("Div", ["m32", "a"], ["d"], name="sla_core/Div"),
+        helper.make_node("Relu", ["m16"], ["r16"], name="relu16"),
+    ]
+    f32 = lambda n: _value(n, TensorProto.FLOAT, (2, 2))
+    graph = helper.make_graph(
+        nodes, "g", [f32("a"), f32("b")], [f32("d"), _value("r16", TensorProto.FLOAT16, (2, 2))]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert remove_fp16_round_trips(model) == 1
+    by_name = {n.name: n for n in model.graph.node}
+    assert "c32" not in by_name and "c16" in by_name
+    assert list(by_name["sla_core/Div"].input) == ["m", "a"]
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_topological_sort_and_cycle():
+    nodes = [
+        helper.make_node("Relu", ["y"], ["z"], name="second"),
+        helper.make_node("Relu", ["x"], ["y"], name="first"),
+    ]
+    v = lambda n: _value(n, TensorProto.FLOAT, (1,))
+    model = helper.make_model(helper.make_graph(nodes, "g", [v("x")], [v("z")]))
+    topological_sort(model)
+    assert [n.name for n in model.graph.node] == ["first", "second"]
+    cyclic = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Add", ["x", "b"], ["a"]), helper.make_node("Relu", ["a"], ["b"])],
+            "g",
+            [v("x")],
+            [v("b")],
+        )
+    )
+    with pytest.raises(ValueError, match="cycle"):
+        topological_sort(cyclic)
