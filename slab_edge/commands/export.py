@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         fold=not args.no_fold,
         ema=args.ema,
     )
+    if args.checkpoint is None:
+        print("note: no --checkpoint: exporting randomly initialised weights")
     output = Path(args.output or f"{prepared.name}.onnx")
     check_writable_dir(output.parent)
     reports = export_model(
