@@ -1,0 +1,140 @@
+"""Commands end to end on the tiny model: train -> evaluate / fold / recalibrate; bad input -> one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_fixtures import TINY
+
+from slab_edge.cli import main as cli_main
+from slab_edge.train.model_files import load_model
+
+
+def _argv(values: dict) -> list[str]:
+    out = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            out += [flag, json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    values = {**TINY, "max_steps": 12, "output": str(out), "plot": True}
+    assert cli_main(["train", *_argv(values), "--set", "log_every=2"]) == 0
+    return out
+
+
+def test_train_writes_the_run_folder(trained):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "metrics.png",
+        "summary.json",
+        "final.safetensors",
+        "deploy.safetensors",
+        "checkpoints/last.json",
+        "checkpoints/best.json",
+    ):
+        assert (trained / name).is_file(), name
+    assert (trained / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["parity"]["acc_diff_points"] <= 0.1
+    kinds = {json.loads(x)["kind"] for x in (trained / "metrics.jsonl").read_text().splitlines()}
+    assert {"train", "eval", "final"} <= kinds
+    assert "log_every: 2" in (trained / "config.yaml").read_text()
+
+
+def test_deploy_file_rebuilds_folded_and_matches(trained):
+    folded, meta = load_model(trained / "deploy.safetensors")
+    unfolded, _ = load_model(trained / "final.safetensors")
+    assert (
+        meta["deploy"] and meta["labels"] == [str(i) for i in range(10)] and meta["input_size"] == [3, 16, 16]
+    )
+    assert not any("norm" in type(m).__name__.lower() for m in folded.modules())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), unfolded(x), rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_matches_the_summary(trained, capsys):
+    assert cli_main(["evaluate", "--checkpoint", str(trained / "deploy.safetensors"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((trained / "summary.json").read_text())
+    assert res["folded"] and res["n"] == 359
+    assert res["acc"] == pytest.approx(summary["deploy_eval"]["acc"], abs=1e-9)
+
+
+def test_recalibrate_then_fold_commands(trained, tmp_path, capsys):
+    recal = tmp_path / "recal.safetensors"
+    assert (
+        cli_main(
+            [
+                "recalibrate",
+                "--checkpoint",
+                str(trained / "checkpoints" / "last.json"),
+                "--steps",
+                "3",
+                "--epochs",
+                "0",
+                "--output",
+                str(recal),
+            ]
+        )
+        == 0
+    )
+    assert "over 3 batches" in capsys.readouterr().out
+    deploy = tmp_path / "deploy.safetensors"
+    assert cli_main(["fold", "--checkpoint", str(recal), "--output", str(deploy), "--data", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "max |logit diff|" in out and "top-1" in out
+    _, meta = load_model(deploy)
+    assert meta["deploy"] and abs(meta["metrics"]["acc"] - meta["metrics"]["acc_unfolded"]) <= 0.1
+    assert (
+        cli_main(["fold", "--checkpoint", str(deploy), "--output", str(tmp_path / "again.safetensors")]) == 2
+    )
+    assert "already folded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--data", "/nonexistent/imagenet"], "dataset folder /nonexistent/imagenet does not exist"),
+        (["train", "--model", "slab_deit_tinny_patch16_224"], "unknown model 'slab_deit_tinny_patch16_224'"),
+        (["train", "--epochs", "many"], "'epochs' expects int"),
+        (["evaluate", "--checkpoint", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(argv + (["--no-progress"] if argv[0] == "train" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not list(tmp_path.iterdir())  # nothing written (no run folder for a typo)
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    argv = ["train", *_argv({**TINY, "output": str(blocker / "run")})]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not writable" in err
+
+
+def test_image_folder_with_an_empty_class(tmp_path, capsys):
+    for split in ("train", "val"):
+        (tmp_path / "d" / split / "cat").mkdir(parents=True)
+        (tmp_path / "d" / split / "dog").mkdir(parents=True)
+    assert (
+        cli_main(["train", "--data", str(tmp_path / "d"), "--output", str(tmp_path / "o"), "--no-progress"])
+        == 2
+    )
+    assert "has no images" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "checkpoints").exists()
