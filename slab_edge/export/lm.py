@@ -44,6 +44,8 @@ __all__ = ["LMExportReport", "export_lm", "fold_lm", "lm_state_layout", "prepare
 DEFAULT_OPSET = 18
 #: ORT vs PyTorch logits, fp32, absolute (also the brief's step-logit goal)
 LOGIT_TOLERANCE = 1e-4
+#: metadata tokenizer of graphs exported without one (decode benchmarks of random models)
+NO_TOKENIZER = "none"
 #: largest prompt / KV-cache length declared to torch.export (the graphs themselves have no limit)
 _MAX_DYNAMIC = 1 << 20
 
@@ -321,6 +323,7 @@ def export_lm(
     threads: int | None = None,
     save_folded: str | os.PathLike | None = None,
     meta: dict[str, Any] | None = None,
+    graphs: tuple[str, ...] = ("prefill", "decode"),
 ) -> LMExportReport:
     """Fold and export a SLAB-LM to `output`/prefill.onnx + decode.onnx (+ tokenizer.json for BPE).
 
@@ -329,27 +332,39 @@ def export_lm(
         output: the export folder (created; existing files are replaced atomically).
         opset: ONNX opset (>= 17).
         simplify: run onnxslim on both graphs.
-        parity: measure ORT vs PyTorch before writing (fails with BackendError beyond 1e-4).
+        parity: ORT vs PyTorch before writing (BackendError beyond 1e-4); runs when both graphs are made.
         parity_tokens: greedy tokens compared through the runtime's generation loop (0 = skip).
         threads: ONNX Runtime threads for the parity check.
         save_folded: also write the folded PyTorch weights (deploy=True) to this .safetensors file.
         meta: metadata of a module `source` (tokenizer spec, size, attention, norm); files carry their own.
+            tokenizer "none" exports graphs without a tokenizer (benchmarks; no parity check).
+        graphs: which graphs to write ("prefill", "decode"); benchmarks of decoding need only "decode".
     """
     from slab_edge import __version__
     from slab_edge.data.text_tokenizer import ByteTokenizer, load_tokenizer
 
     if opset < 17:
         raise InputError(f"opset {opset} is too old: slab-edge exports need opset >= 17")
+    unknown = sorted(set(graphs) - {"prefill", "decode"})
+    if unknown or not graphs:
+        raise InputError(f"graphs must be a non-empty subset of prefill, decode; got {list(graphs)}")
+    parity = parity and set(graphs) == {"prefill", "decode"}
     start = time.perf_counter()
     model, file_meta, tok_folder = prepare_lm(source)
     meta = {**file_meta, **(meta or {})}
     spec = str(meta.get("tokenizer", "byte"))
-    tokenizer = ByteTokenizer() if spec == "byte" else load_tokenizer(spec, tok_folder)
-    if tokenizer.vocab_size != model.config.vocab_size:
+    if spec == NO_TOKENIZER:  # benchmark graphs of random models: nothing to generate text with
+        tokenizer, parity = None, False
+    else:
+        tokenizer = ByteTokenizer() if spec == "byte" else load_tokenizer(spec, tok_folder)
+    if tokenizer is not None and tokenizer.vocab_size != model.config.vocab_size:
         raise InputError(
             f"tokenizer {spec} has {tokenizer.vocab_size} tokens, "
             f"but the model's vocabulary is {model.config.vocab_size}"
         )
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"export-lm output {folder} is a file; give a folder")
     folded, fold_diff = fold_lm(model)
     folded = folded.cpu().eval()
 
@@ -366,40 +381,47 @@ def export_lm(
         "vocab_size": int(cfg.vocab_size),
         "dynamic_batch": True,
     }
-    prefill_proto = _export_graph(
-        _PrefillGraph(folded), _example_inputs(folded, 2, 70, 3), layout, True, opset
-    )
-    decode_proto = _export_graph(_DecodeGraph(folded), _example_inputs(folded, 2, 1, 3), layout, False, opset)
-    prefill_proto = _finish(prefill_proto, {**common, "task": "lm-prefill", "max_prompt_len": None}, simplify)
-    decode_proto = _finish(decode_proto, {**common, "task": "lm-decode", "max_prompt_len": 1}, simplify)
+    protos = {}
+    if "prefill" in graphs:
+        proto = _export_graph(_PrefillGraph(folded), _example_inputs(folded, 2, 70, 3), layout, True, opset)
+        protos[PREFILL_FILE] = _finish(
+            proto, {**common, "task": "lm-prefill", "max_prompt_len": None}, simplify
+        )
+    if "decode" in graphs:
+        proto = _export_graph(_DecodeGraph(folded), _example_inputs(folded, 2, 1, 3), layout, False, opset)
+        protos[DECODE_FILE] = _finish(proto, {**common, "task": "lm-decode", "max_prompt_len": 1}, simplify)
 
-    folder = Path(output)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"export-lm output {folder} is a file; give a folder")
     from slab_edge.io import check_writable_dir
 
+    created = not folder.exists()
     check_writable_dir(folder)
     report = LMExportReport(folder=folder, metadata=common, fold_max_abs=fold_diff)
-    report.nodes = {"prefill": len(prefill_proto.graph.node), "decode": len(decode_proto.graph.node)}
+    report.nodes = {file.split(".")[0]: len(proto.graph.node) for file, proto in protos.items()}
     import onnx
 
     # every file is written under a temp name, checked, and renamed only when all of them are good
-    with contextlib.ExitStack() as stack:
-        prefill_tmp = stack.enter_context(atomic_path(folder / PREFILL_FILE))
-        decode_tmp = stack.enter_context(atomic_path(folder / DECODE_FILE))
-        onnx.save(prefill_proto, str(prefill_tmp))
-        onnx.save(decode_proto, str(decode_tmp))
-        if tokenizer.kind == "bpe":
-            tok_tmp = stack.enter_context(atomic_path(folder / tokenizer.file_name))
-            shutil.copyfile(Path(tok_folder) / tokenizer.file_name, tok_tmp)
-        if save_folded is not None:
-            from slab_edge.train.checkpoint import write_safetensors
+    try:
+        with contextlib.ExitStack() as stack:
+            temps = {}
+            for file, proto in protos.items():
+                temps[file] = stack.enter_context(atomic_path(folder / file))
+                onnx.save(proto, str(temps[file]))
+            if tokenizer is not None and tokenizer.kind == "bpe":
+                tok_tmp = stack.enter_context(atomic_path(folder / tokenizer.file_name))
+                shutil.copyfile(Path(tok_folder) / tokenizer.file_name, tok_tmp)
+            if save_folded is not None:
+                from slab_edge.train.checkpoint import write_safetensors
 
-            folded_meta = {**meta, "deploy": True, "folded": True}
-            folded_tmp = stack.enter_context(atomic_path(save_folded))
-            write_safetensors(folded_tmp, folded.state_dict(), folded_meta)
-        if parity:
-            _parity(folded, prefill_tmp, decode_tmp, tokenizer, report, parity_tokens, threads)
-            _check_parity(report)
+                folded_tmp = stack.enter_context(atomic_path(save_folded))
+                write_safetensors(folded_tmp, folded.state_dict(), {**meta, "deploy": True, "folded": True})
+            if parity:
+                _parity(
+                    folded, temps[PREFILL_FILE], temps[DECODE_FILE], tokenizer, report, parity_tokens, threads
+                )
+                _check_parity(report)
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # leave no empty export folder behind either
+        raise
     report.seconds = time.perf_counter() - start
     return report

@@ -67,6 +67,7 @@ from slab_edge.train.distributed import (
 from slab_edge.train.evaluate import autocast_context
 from slab_edge.train.guard import NonFiniteGuard
 from slab_edge.train.logging import MetricsLog, Progress, plot_metrics, read_metrics
+from slab_edge.train.recalibrate import batchnorm_layers, recalibrate_bn, sync_bn_stats
 
 __all__ = [
     "LM_FORMAT",
@@ -140,6 +141,9 @@ class LMTrainConfig:
     clip_grad: float | None = field(default=1.0, metadata=_h("clip the gradient norm (None = off)"))
     prepbn_warmup: float = field(default=0.2, metadata=_h("RMSNorm-only steps (fraction of steps if < 1)"))
     prepbn_decay: float = field(default=0.36, metadata=_h("RMSNorm->RepBN fade length (fraction if < 1)"))
+    recal_steps: int = field(
+        default=50, metadata=_h("after training: batches that re-estimate RepBN statistics (0 = off)")
+    )
     nonfinite_patience: int = field(
         default=20, metadata=_h("stop after this many non-finite updates in a row")
     )
@@ -636,6 +640,19 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     save(("last",))
 
+        recal_batches = 0
+        if cfg.recal_steps and stop_reason != "stop_at_step" and batchnorm_layers(model):
+            # SLAB's last phase: frozen weights, RepBN running statistics re-estimated (cumulative average)
+            before = validate(cfg.eval_tokens)
+            recal_batches = recalibrate_bn(
+                model, _recal_batches(train_tokens, cfg, dist), momentum=None, device=dist.device
+            )
+            sync_bn_stats(model, dist)
+            after = validate(cfg.eval_tokens)
+            log.write(
+                "event", step=step, event="recalibrated", batches=recal_batches,
+                bpb_before=before["bpb"], bpb_after=after["bpb"],
+            )  # fmt: skip
         final = validate(cfg.final_eval_tokens)
         log.write("eval", step=step, final=True, **final)
         best_bpb = min(best_bpb, final["bpb"])
@@ -651,6 +668,7 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
             "val_ppl": final["ppl"],
             "val_tokens": final["tokens"],
             "skipped_updates": guard.total_skipped,
+            "recalibration_batches": recal_batches,
             "params": _count_params(model),
             "corpus": corpus.summary(),
             "model": {k: meta[k] for k in ("size", "attention", "norm", "vocab_size", "tokenizer")},
@@ -667,6 +685,13 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
         return broadcast_object(summary, dist)
     finally:
         cleanup_distributed(dist)
+
+
+def _recal_batches(tokens: torch.Tensor, cfg: LMTrainConfig, dist: DistInfo):
+    """Training windows for BN recalibration, from a stream of their own (seed + 1), per rank."""
+    for i in range(cfg.recal_steps):
+        inputs, _ = sample_batch(tokens, cfg.batch_size, cfg.seq_len, cfg.seed + 1, i, 0, dist.rank)
+        yield inputs
 
 
 def _check_corpus_sizes(corpus: TextCorpus, cfg: LMTrainConfig) -> None:

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Training throughput of slab-lm-350m on one CUDA GPU: gla / sla (fla kernels) vs softmax (SDPA), bf16.
+
+    python bench/lm_train_gpu.py                                # the real run (H200: < 8 minutes)
+    python bench/lm_train_gpu.py --lengths 8192 --attentions gla softmax --steps 10
+    python bench/lm_train_gpu.py --smoke --device cpu           # pipeline check on a CPU (tiny model)
+
+On the GPU machine (DEVICE.md), with flash-linear-attention staged into /tmp/site:
+    export PYTHONPATH=$PWD:/tmp/site:$PYTHONPATH && python3 bench/lm_train_gpu.py --out $OUT/lm_train_gpu
+
+What one step is: forward + cross-entropy + backward + AdamW (fused) on slab-lm-350m (dim 1024, 18 layers,
+FFN 4096, vocab 32000; GLA with the paper's 4 heads, d_k = d/2), bf16 autocast over fp32 weights, the same
+number of tokens per step at every sequence length (--tokens-per-step, default 16,384: batch 8 at 2k,
+2 at 8k, 1 at 16k, so 16k fits). The attention kernels: gla -> fla chunk_gla, sla -> fla chunk_linear_attn
+(+ our fp32 normalizer), softmax -> torch SDPA (FlashAttention), chosen by the model's attn_mode "auto"
+(fla when importable on CUDA, else the PyTorch chunkwise path — the report says which ran).
+Per configuration: --warmup steps (Triton compiles and autotunes here; the first fla compile can take
+minutes), then --steps timed steps (CUDA-synchronised wall time); tokens/s = tokens per step / median step.
+Goals (issue 5): gla/sla vs softmax >= 1.0x at 8k and >= 1.3x at 16k. A --budget-minutes guard (default
+7.5) skips what is left rather than overrunning; skipped rows are reported as such.
+Writes <out>/results.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+GOALS = {8192: 1.0, 16384: 1.3}
+
+
+def attention_backend(model) -> str:
+    """Which kernel the model's attention layers resolve to on their device."""
+    import torch
+
+    from slab_edge.ops.backend import resolve_mode
+
+    attn = model.layers[0].attn
+    if not hasattr(attn, "mode"):
+        return "sdpa"
+    probe = torch.empty(1, device=next(model.parameters()).device)
+    return resolve_mode(attn.mode, probe)
+
+
+def run_config(size: str, attention: str, length: int, args, device) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from slab_edge.models.slab_lm import create_slab_lm
+
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    batch = max(args.tokens_per_step // length, 1)
+    torch.manual_seed(0)
+    model = create_slab_lm(size, attention=attention, norm=args.norm, context_length=length, **kwargs).to(
+        device
+    )
+    model.train()
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01, fused=fused)
+    step_fn = model
+    if args.compile:
+        step_fn = torch.compile(model)
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=not args.fp32)
+    vocab = model.config.vocab_size
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, length + 1), generator=gen).to(device)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+
+    def one_step() -> float:
+        with amp:
+            logits = step_fn(inputs)
+            loss = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        one_step()
+    sync()
+    warm = time.perf_counter() - t0
+    times, loss = [], float("nan")
+    for _ in range(args.steps):
+        sync()
+        start = time.perf_counter()
+        loss = one_step()
+        sync()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    median = times[len(times) // 2]
+    row = {
+        "attention": attention,
+        "backend": attention_backend(model),
+        "length": length,
+        "batch": batch,
+        "tokens_per_step": batch * length,
+        "median_step_s": median,
+        "min_step_s": times[0],
+        "tokens_per_s": batch * length / median,
+        "warmup_s": warm,
+        "loss": loss,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    if device.type == "cuda":
+        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    lines = [
+        f"slab-lm-{results['size']} training, {results['dtype']}, {results['device_name']}, "
+        f"{results['tokens_per_step']} tokens/step, median of {results['steps']} steps",
+        " ".join(
+            f"{h:>{w}}"
+            for h, w in (
+                ("attention", 10),
+                ("backend", 9),
+                ("T", 6),
+                ("batch", 5),
+                ("tokens/s", 10),
+                ("step ms", 9),
+                ("vs softmax", 10),
+                ("peak GB", 8),
+            )
+        ),
+    ]
+    for r in rows:
+        if r.get("skipped"):
+            lines.append(f"{r['attention']:>10} {'-':>9} {r['length']:>6} skipped: {r['skipped']}")
+            continue
+        ratio = r.get("speedup_vs_softmax")
+        ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
+        lines.append(
+            f"{r['attention']:>10} {r['backend']:>9} {r['length']:>6} {r['batch']:>5} "
+            f"{r['tokens_per_s']:>10.0f} {r['median_step_s'] * 1e3:>9.1f} {ratio_text:>10} "
+            f"{r.get('peak_memory_gb', float('nan')):>8.1f}"
+        )
+    for check in results["goals"]:
+        lines.append(check)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/bench-lm-train-gpu"))
+    p.add_argument("--size", default="350m", help="slab-lm config (tiny | 125m | 350m)")
+    p.add_argument("--attentions", nargs="+", default=["softmax", "gla", "sla"])
+    p.add_argument("--lengths", nargs="+", type=int, default=[2048, 8192, 16384])
+    p.add_argument("--tokens-per-step", type=int, default=16384)
+    p.add_argument("--norm", default="rmsnorm", help="rmsnorm | prepbn (training cost of both branches)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--budget-minutes", type=float, default=7.5, help="skip configurations after this")
+    p.add_argument("--model-kwargs", default=None, help="JSON SLAB-LM config overrides")
+    p.add_argument("--smoke", action="store_true", help="tiny model, T 64/128, 1+2 steps (pipeline check)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.size, args.lengths, args.tokens_per_step, args.warmup, args.steps = "tiny", [64, 128], 256, 1, 2
+        args.attentions = (
+            args.attentions if args.attentions != ["softmax", "gla", "sla"] else ["softmax", "gla"]
+        )
+
+    import torch
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device (use --device cpu --smoke for a pipeline check)", file=sys.stderr)
+        return 2
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    from slab_edge.ops.backend import fla_available
+
+    start = time.perf_counter()
+    rows = []
+    # softmax first at each length, so every linear-attention row has its baseline even if time runs out
+    order = sorted(args.attentions, key=lambda a: a != "softmax")
+    for length in args.lengths:
+        for attention in order:
+            elapsed = (time.perf_counter() - start) / 60
+            if elapsed > args.budget_minutes:
+                rows.append(
+                    {"attention": attention, "length": length, "skipped": f"budget ({elapsed:.1f} min)"}
+                )
+                continue
+            try:
+                row = run_config(args.size, attention, length, args, device)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                row = {"attention": attention, "length": length, "skipped": "out of memory"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    goals = []
+    for length in args.lengths:
+        base = next(
+            (r for r in rows if r["length"] == length and r["attention"] == "softmax" and "skipped" not in r),
+            None,
+        )
+        for r in rows:
+            if r["length"] != length or r["attention"] == "softmax" or "skipped" in r or base is None:
+                continue
+            r["speedup_vs_softmax"] = r["tokens_per_s"] / base["tokens_per_s"]
+            if length in GOALS:
+                ok = r["speedup_vs_softmax"] >= GOALS[length]
+                goals.append(
+                    f"{r['attention']} ({r['backend']}) vs softmax at {length}: "
+                    f"{r['speedup_vs_softmax']:.2f}x "
+                    f"(goal >= {GOALS[length]}x): {'ok' if ok else 'MISSED'}"
+                )
+    results = {
+        "size": args.size,
+        "dtype": "fp32" if args.fp32 else "bf16 autocast",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "fla_available": fla_available(),
+        "compile": args.compile,
+        "tokens_per_step": args.tokens_per_step,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "total_minutes": (time.perf_counter() - start) / 60,
+        "rows": rows,
+        "goals": goals,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    from slab_edge.io import atomic_write_json
+
+    atomic_write_json(args.out / "results.json", results)
+    print(table(results))
+    print(f"total {results['total_minutes']:.1f} min; results: {args.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

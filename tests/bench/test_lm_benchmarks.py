@@ -1,0 +1,55 @@
+"""Smoke runs of the LM benchmark scripts (tiny sizes, few iterations): they run end to end and write JSON.
+
+The numbers they produce here mean nothing (shared, loaded machine); the real runs are the lead's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCH / script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_lm_decode_smoke(tmp_path):
+    out = tmp_path / "decode"
+    proc = run(
+        "lm_decode.py", "--smoke", "--out", str(out), "--attentions", "sla", "softmax", "--threads", "1"
+    )
+    results = json.loads((out / "results.json").read_text())
+    rows = results["decode"]["tiny"]["contexts"]
+    assert set(rows) == {"16", "64"}
+    sla, softmax = rows["64"]["sla"], rows["64"]["softmax"]
+    assert sla["state_bytes"] == rows["16"]["sla"]["state_bytes"]  # constant-size state
+    assert softmax["state_bytes"] > rows["16"]["softmax"]["state_bytes"]  # the KV cache grows
+    assert sla["ideal_speedup"] > 1.0 and sla["speedup"] > 0 and "fraction_of_ideal" in sla
+    assert "ratio" in results["norm"]["tiny"]["sla"]  # folded PRepBN vs RMSNorm
+    assert "of the ideal speedup" in proc.stdout
+
+
+def test_lm_train_gpu_smoke_on_cpu(tmp_path):
+    out = tmp_path / "train"
+    run("lm_train_gpu.py", "--smoke", "--device", "cpu", "--fp32", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    rows = [r for r in results["rows"] if "skipped" not in r]
+    assert {r["attention"] for r in rows} == {"softmax", "gla"} and {r["length"] for r in rows} == {64, 128}
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+    assert all("speedup_vs_softmax" in r for r in rows if r["attention"] != "softmax")
+
+
+def test_lm_quality_smoke(tmp_path):
+    out = tmp_path / "quality"
+    run("lm_quality.py", "--smoke", "--out", str(out), "--variants", "gla:prepbn", "--threads", "1")
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["rows"]
+    assert row["variant"] == "gla:prepbn" and row["steps"] >= 1
+    assert 0 < row["val_bpb"] < 16 and (out / "gla-prepbn" / "metrics.jsonl").is_file()
