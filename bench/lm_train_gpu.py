@@ -119,6 +119,13 @@ def run_config(size: str, attention: str, length: int, args, device) -> dict[str
     return row
 
 
+def _write(path: Path, data: dict[str, Any]) -> None:
+    from slab_edge.io import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, data)
+
+
 def table(results: dict[str, Any]) -> str:
     rows = results["rows"]
     lines = [
@@ -209,6 +216,7 @@ def main(argv=None) -> int:
                 row = {"attention": attention, "length": length, "skipped": "out of memory"}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            _write(args.out / "partial.json", {"rows": rows})  # survives a run cut short by a time limit
     goals = []
     for length in args.lengths:
         base = next(
@@ -240,10 +248,8 @@ def main(argv=None) -> int:
         "rows": rows,
         "goals": goals,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    from slab_edge.io import atomic_write_json
-
-    atomic_write_json(args.out / "results.json", results)
+    _write(args.out / "results.json", results)
+    (args.out / "partial.json").unlink(missing_ok=True)
     print(table(results))
     print(f"total {results['total_minutes']:.1f} min; results: {args.out / 'results.json'}")
     return 0
