@@ -272,9 +272,10 @@ def prepare_model(
             model = reparameterize_model(model, check=is_slab)
         except RuntimeError as err:  # FoldCheckError: a norm the model did not declare unfoldable
             raise SlabEdgeError(f"cannot fold {name}: {err}") from None
-        source += ", folded"
     left = set(remaining_norms(model)) - set(getattr(model, "unfoldable_norms", ()))
     folded = folded_already or (fold and not left)
+    if fold and not folded_already:
+        source += ", folded" if folded else f", {len(left)} norms cannot be folded (e.g. {sorted(left)[0]})"
 
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if isinstance(labels, (str, os.PathLike)):

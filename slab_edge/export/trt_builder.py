@@ -394,10 +394,13 @@ def _require(obj, attr: str, why: str, plan: BuildPlan):
 
 
 def network_flags(trt, plan: BuildPlan) -> int:
-    """Bit mask for builder.create_network: STRONGLY_TYPED when the plan says so (and the enum has it)."""
-    if not plan.strongly_typed:
-        return 0
+    """Bit mask for builder.create_network: STRONGLY_TYPED when the plan says so (and the enum has it);
+    EXPLICIT_BATCH before TensorRT 10 (the ONNX parser needs it there; 10+ ignores it)."""
     holder = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    explicit = getattr(holder, "EXPLICIT_BATCH", None) if holder is not None else None
+    base = 1 << int(explicit) if explicit is not None and major_version(plan.version) < 10 else 0
+    if not plan.strongly_typed:
+        return base
     member = getattr(holder, "STRONGLY_TYPED", None) if holder is not None else None
     if member is None:
         if strongly_typed_only(plan.flavour, plan.version):
@@ -534,7 +537,11 @@ def _load_timing_cache(config, path: Path | None, plan: BuildPlan):
         return None
     _require(config, "create_timing_cache", "timing cache", plan)
     data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
+    try:
+        cache = config.create_timing_cache(data)
+    except Exception:  # a corrupt or foreign cache file: TensorRT raises its own error type
+        plan.notes.append(f"timing cache {path} is unreadable: starting a fresh one")
+        data, cache = b"", config.create_timing_cache(b"")
     if not config.set_timing_cache(cache, False):
         plan.notes.append(f"timing cache {path} does not match this TensorRT/GPU: starting a fresh one")
         cache = config.create_timing_cache(b"")

@@ -260,3 +260,17 @@ def test_no_builder_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", refuse)
     with pytest.raises(BackendError, match="no TensorRT builder importable.*pip install tensorrt"):
         trt_builder.import_builder()
+
+
+def test_pre_10_networks_are_explicit_batch():
+    import enum
+
+    from slab_edge.export.trt_builder import BuildPlan, network_flags
+
+    trt = make_fake_trt("tensorrt", "8.5.3")
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
+        "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 5}
+    )
+    assert network_flags(trt, BuildPlan("tensorrt", "8.5.3", False, "fp32")) == 1
+    assert network_flags(trt, BuildPlan("tensorrt", "10.3.0", False, "fp32")) == 0
+    assert network_flags(trt, BuildPlan("tensorrt", "10.3.0", True, "fp16")) == 1 << 5
