@@ -10,7 +10,7 @@ Layout follows flash-linear-attention: q, k, g [B, T, H, K], v [B, T, H, V], sta
 
 Forms, equal up to rounding (tests/ops/test_gla.py):
     gla_naive      masked quadratic form, decay exp(b_t - b_s) written out per key channel (definition)
-    gla_chunk      chunkwise-parallel, chunk 64 with 16-wide sub-chunks, every exponent <= 0 (see below)
+    gla_chunk      chunkwise-parallel, chunk 64 split by halving down to blocks of 4, every exponent <= 0
     gla_recurrent  token by token with gla_step (the decoding form)
     gla_fla        CUDA path through fla.ops.gla.chunk_gla
 
@@ -18,9 +18,11 @@ Numerical safety of gla_chunk. With b the cumulative log gate inside a chunk (no
 chunk form factors exp(b_i - b_j) = exp(b_i) / exp(b_j) and divides by tiny cumulative products, which
 overflows for strong decay. Here every factor is an exponential of a non-positive number:
   * inter-chunk: q_i exp(b_i) S_prev and k_j exp(b_last - b_j) into the next state (b_last <= b_j <= 0);
-  * intra-chunk, sub-chunk I after sub-chunk J: with r = b at the first position of I,
-    q_i exp(b_i - r) . k_j exp(r - b_j) (b_i <= r <= b_j), two matmul operands each <= 1 in size;
-  * intra-chunk, same sub-chunk: the pairwise exponent b_i - b_j, set to -inf above the diagonal before exp.
+  * intra-chunk, by halving: a block's right half R attends to its left half L through
+    q_i exp(b_i - r) . k_j exp(r - b_j) with r = b at the first position of R (b_i <= r <= b_j), two matmul
+    operands each <= 1 in size; halving the chunk down to leaves of 4 positions covers every pair i > j
+    once, with log2(C / 4) matmul levels;
+  * inside a leaf: the pairwise exponent b_i - b_j, set to -inf above the diagonal before exp.
 So nothing overflows and nothing is divided; an underflow to 0 only happens where the true product is 0
 to float32 precision.
 """
@@ -31,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_SIZE = 64
-SUB_CHUNK_SIZE = 16
+#: Smallest block of the intra-chunk halving; pairs inside it use the [4, 4, K] pairwise decay.
+LEAF_SIZE = 4
 #: GLA's gate temperature: log alpha = logsigmoid(x W1 W2 + b) / 16.
 GATE_LOGIT_NORMALIZER = 16
 
@@ -164,6 +167,35 @@ def _chunk_states_parallel(s0: torch.Tensor, log_decay: torch.Tensor, update: to
     return starts.exp().unsqueeze(-1) * s0.unsqueeze(2) + summed.permute(0, 1, 3, 2, 4)
 
 
+def _intra_chunk(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: torch.Tensor, leaf: int
+) -> torch.Tensor:
+    """sum_{j <= i in the chunk} (q_i . k_j exp(b_i - b_j)) v_j for every i, without any positive exponent.
+
+    q, k, b: [B, H, N, C, K]; v: [B, H, N, C, V]; C = leaf * 2^levels. Returns [B, H, N, C, V] (unscaled).
+    """
+    bsz, h, n, c, dk = q.shape
+    dv = v.shape[-1]
+    # leaves: every pair j <= i inside a block of `leaf` positions, pairwise decay masked in log space
+    ql, kl, bl = (x.reshape(bsz, h, n, c // leaf, leaf, dk) for x in (q, k, b))
+    causal = torch.ones(leaf, leaf, dtype=torch.bool, device=q.device).tril()
+    expo = (bl.unsqueeze(-2) - bl.unsqueeze(-3)).masked_fill(~causal[..., None], float("-inf"))
+    scores = (ql.unsqueeze(-2) * kl.unsqueeze(-3) * expo.exp()).sum(-1)  # [B, H, N, C/leaf, leaf, leaf]
+    out = (scores @ v.reshape(bsz, h, n, c // leaf, leaf, dv)).reshape(bsz, h, n, c, dv)
+    # halving levels: the right half of each block of 2 * half positions attends to its left half
+    half = leaf
+    while half < c:
+        blocks = c // (2 * half)
+        qb, kb, bb, vb = (x.reshape(bsz, h, n, blocks, 2, half, x.shape[-1]) for x in (q, k, b, v))
+        ref = bb[..., 1, :1, :]  # [B, H, N, blocks, 1, K] b at the first position of the right half
+        q_dec = qb[..., 1, :, :] * (bb[..., 1, :, :] - ref).exp()  # right half, exponents <= 0
+        k_dec = kb[..., 0, :, :] * (ref - bb[..., 0, :, :]).exp()  # left half, exponents <= 0
+        right = (q_dec @ k_dec.transpose(-1, -2)) @ vb[..., 0, :, :]  # [B, H, N, blocks, half, V]
+        out = out + torch.stack([torch.zeros_like(right), right], dim=-3).reshape(bsz, h, n, c, dv)
+        half *= 2
+    return out
+
+
 def gla_chunk(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -173,38 +205,38 @@ def gla_chunk(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = CHUNK_SIZE,
-    sub_chunk_size: int = SUB_CHUNK_SIZE,
+    leaf_size: int = LEAF_SIZE,
     parallel_states: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunkwise-parallel GLA in log space (see the module docstring for why it cannot overflow).
 
     Any T: the sequence is zero-padded to whole chunks with g = 0 and k = 0 there, which leaves the state
-    unchanged; sequences shorter than a chunk use one chunk rounded up to the sub-chunk size.
+    unchanged. Every Python-level size depends on chunk_size only, never on T, so export graphs keep a
+    dynamic sequence length.
 
     Args:
         q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H, K] log forget gates (<= 0).
         scale: query scale, default K^-1/2.
         initial_state: [B, H, K, V] or None for zeros.
         output_final_state: also return the state after the last token.
-        chunk_size: C, a multiple of sub_chunk_size (64).
-        sub_chunk_size: c (16): pairs inside a sub-chunk use the [c, c, K] pairwise decay, the rest matmuls.
+        chunk_size: C (64), leaf_size times a power of two.
+        leaf_size: smallest block of the intra-chunk halving (4).
         parallel_states: compute the chunk-entry states without a Python loop over chunks (export graphs).
 
     Returns:
         o [B, T, H, V] in v's dtype; final state [B, H, K, V] (compute dtype) if output_final_state else None.
     """
-    if chunk_size % sub_chunk_size:
-        raise ValueError(f"chunk_size {chunk_size} must be a multiple of sub_chunk_size {sub_chunk_size}")
+    ratio = chunk_size // leaf_size
+    if leaf_size < 1 or chunk_size % leaf_size or ratio & (ratio - 1):
+        raise ValueError(f"chunk_size {chunk_size} must be leaf_size {leaf_size} times a power of two")
     scale = _scale(q, scale)
     bsz, t, h, dk = q.shape
     dv = v.shape[-1]
     dtype = _compute_dtype(q.dtype)
     with torch.autocast(device_type=q.device.type, enabled=False):
         s0 = (initial_state if initial_state is not None else zero_state(q, v)).to(dtype)
-        # ceil divisions with non-negative numerators: torch.onnx exports // as ONNX Div, which truncates
-        # toward zero, so -(-t // c) would become a floor in graphs with a dynamic T
-        c = min(chunk_size, (max(t, 1) + sub_chunk_size - 1) // sub_chunk_size * sub_chunk_size)
-        n = (t + c - 1) // c
+        c = chunk_size
+        n = (t + c - 1) // c  # ceil without negative floor division (ONNX Div truncates: dynamic T)
         pad = n * c - t
         qc, kc, vc, gc = (
             F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)).reshape(bsz, n, c, h, x.shape[-1]).permute(0, 3, 1, 2, 4)
@@ -219,24 +251,7 @@ def gla_chunk(
             s_in = _chunk_states_parallel(s0, b_last.squeeze(-2), update)
         else:
             s_in = _chunk_states_loop(s0, b_last.squeeze(-2).exp(), update)
-        out = (qc * b.exp()) @ s_in  # [B, H, N, C, V]
-
-        # Intra-chunk, split into S = C / c sub-chunks.
-        ns, cs = c // sub_chunk_size, sub_chunk_size
-        qs, ks, bs = (x.reshape(bsz, h, n, ns, cs, dk) for x in (qc, kc, b))  # [B, H, N, S, c, K]
-        ref = bs[..., :1, :]  # [B, H, N, S, 1, K] b at the first position of each sub-chunk
-        earlier = torch.ones(ns, ns, dtype=torch.bool, device=q.device).tril(-1)  # J < I
-        expo_k = (ref.unsqueeze(4) - bs.unsqueeze(3)).masked_fill(~earlier[:, :, None, None], float("-inf"))
-        k_dec = ks.unsqueeze(3) * expo_k.exp()  # [B, H, N, S(I), S(J), c, K]
-        q_dec = qs * (bs - ref).exp()  # [B, H, N, S, c, K]
-        a_off = q_dec.unsqueeze(4) @ k_dec.transpose(-1, -2)  # [B, H, N, S(I), S(J), c, c]
-        causal = torch.ones(cs, cs, dtype=torch.bool, device=q.device).tril()
-        expo_d = (bs.unsqueeze(-2) - bs.unsqueeze(-3)).masked_fill(~causal[..., None], float("-inf"))
-        a_diag = (qs.unsqueeze(-2) * ks.unsqueeze(-3) * expo_d.exp()).sum(-1)  # [B, H, N, S, c, c]
-        eye = torch.eye(ns, dtype=a_off.dtype, device=q.device)[:, :, None, None]
-        blocks = a_off + eye * a_diag.unsqueeze(4)  # [B, H, N, S, S, c, c]
-        scores = blocks.transpose(4, 5).reshape(bsz, h, n, c, c)  # [B, H, N, C, C]
-        out = scale * (out + scores @ vc)
+        out = scale * ((qc * b.exp()) @ s_in + _intra_chunk(qc, kc, vc, b, leaf_size))  # [B, H, N, C, V]
 
         out = out.permute(0, 2, 3, 1, 4).reshape(bsz, n * c, h, dv)[:, :t]
         final = None

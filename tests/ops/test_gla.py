@@ -122,18 +122,19 @@ def test_split_sequence_continues_from_state():
     torch.testing.assert_close(s2, s_full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_size,sub_chunk_size", [(64, 16), (32, 8), (64, 64), (16, 16)])
-def test_chunk_sizes_agree(chunk_size, sub_chunk_size):
+@pytest.mark.parametrize("chunk_size,leaf_size", [(64, 4), (64, 1), (32, 8), (64, 64), (16, 16)])
+def test_chunk_sizes_agree(chunk_size, leaf_size):
     q, k, v, g, s0 = make_inputs(1, 90, 2, 8, 8, gate="mixed")
     ref, _ = gla_naive(*(x.double() for x in (q, k, v, g)), initial_state=s0.double())
-    o, _ = gla_chunk(q, k, v, g, initial_state=s0, chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
-    assert_rel_close(o, ref, 1e-5, f"C{chunk_size}-c{sub_chunk_size}")
+    o, _ = gla_chunk(q, k, v, g, initial_state=s0, chunk_size=chunk_size, leaf_size=leaf_size)
+    assert_rel_close(o, ref, 1e-5, f"C{chunk_size}-leaf{leaf_size}")
 
 
-def test_chunk_size_must_be_multiple_of_sub_chunk():
+def test_chunk_size_must_be_leaf_times_power_of_two():
     q, k, v, g, _ = make_inputs(1, 8, 1, 4, 4)
-    with pytest.raises(ValueError, match="multiple"):
-        gla_chunk(q, k, v, g, chunk_size=48, sub_chunk_size=32)
+    for chunk_size, leaf_size in ((48, 32), (48, 4)):
+        with pytest.raises(ValueError, match="power of two"):
+            gla_chunk(q, k, v, g, chunk_size=chunk_size, leaf_size=leaf_size)
 
 
 def test_compute_is_fp32_under_bf16_autocast_and_half_inputs():
