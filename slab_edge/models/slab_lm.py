@@ -6,6 +6,13 @@ Embeddings are untied by default (LLaMA-350M's `tie_word_embeddings: false`); `t
 the head with the embedding during training, and folding the final norm into the head unties them (the
 folded head is W diag(a), no longer the embedding).
 
+Norms. `rmsnorm`: LLaMA's RMSNorm everywhere (nothing to fold). `prepbn`: every norm — before attention,
+before the MLP and the final one — is the paper's LLaMA PRepBN, RMSNorm fading into a zero-initialised RepBN
+(official code: LinearNorm(norm1=RMSNorm, norm2=RepBN), where norm1/norm2 name its two branches, not the
+block's two norms; see make_lm_norm). Folded, they vanish into q/k/v (and GLA's gate and output-gate
+projections), SwiGLU's gate/up and the head; only GLA's per-head output RMSNorm stays
+(`model.unfoldable_norms` lists what may stay, with the reason).
+
 Recurrent state. The model's state is one flat tuple of tensors, layer after layer, each layer contributing
 its mixer's `state_names` (`model.state_names()` gives "layers.{i}.{name}", `model.state_spec()` layer, name,
 shape and dtype for export metadata):
@@ -19,7 +26,7 @@ Usage:
     model = SlabLM(slab_lm_config("tiny", attention="gla", norm="prepbn"))
     logits = model(ids)                                   # training: [B, T, V]
     logits, state = model.prefill(ids)                    # [B, T, V], flat state tuple
-    next_logits, state = model.step(ids[:, -1], state)    # [B, V]
+    next_logits, state = model.step(next_token, state)    # [B] -> [B, V]
     out = model.generate(ids, max_new_tokens=64, do_sample=True, top_p=0.9)
     deploy = reparameterize_model(model)                  # PRepBN folded into q/k/v, gate/up, head
 """
