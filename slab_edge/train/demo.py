@@ -68,7 +68,8 @@ def step_train(state: DemoState) -> dict[str, Any]:
     from slab_edge.train.vision import train_vision
 
     result = train_vision(state.cfg)
-    state.model, state.meta = result.model, dict(result.meta)
+    # the later steps (recalibrate, fold, export) run on the CPU whatever device trained the model
+    state.model, state.meta = result.model.cpu(), dict(result.meta)
     state.train_loader, state.val_loader, _ = loaders_for_model(state.cfg.data, state.meta, batch_size=128)
     state.paths["run"] = result.run_dir
     return {

@@ -72,6 +72,9 @@ from slab_edge.train.recipes import TrainConfig
 
 __all__ = ["FOLD_TOLERANCE_POINTS", "TrainResult", "default_run_dir", "finalize_model", "train_vision"]
 
+#: updates left out of the images/s figure (allocator warm-up, torch.compile)
+WARMUP_UPDATES = 5
+
 #: the folded model's held-out accuracy must equal the trained model's within this many points
 FOLD_TOLERANCE_POINTS = 0.1
 
@@ -250,8 +253,9 @@ class _Run:
         self.best_acc: float | None = None
         self.last_eval: dict[str, Any] = {}
         self.pending_rng: tuple[dict, dict] | None = None
-        self.train_time = 0.0
-        self.images_timed = 0
+        self.train_time = 0.0  # wall time of every update (data loading included; eval/checkpoints not)
+        self.steady_time = 0.0  # the same after the first WARMUP_UPDATES updates of this process
+        self.images_timed = 0  # images in steady_time (all ranks)
 
     # ----------------------------------------------------------------------------------------- setup
     def check_output(self) -> None:
@@ -405,6 +409,7 @@ class _Run:
         self.best_acc = state.get("best_acc")
         self.guard.load_state_dict(state.get("guard", {}))
         self.train_time = float(state.get("train_time", 0.0))
+        self.steady_time = float(state.get("steady_time", 0.0))
         self.images_timed = int(state.get("images_timed", 0))
         if self.scheduler is not None:
             self.scheduler.step_update(num_updates=self.step)
@@ -453,6 +458,7 @@ class _Run:
             "last_eval": self.last_eval,
             "guard": self.guard.state_dict(),
             "train_time": self.train_time,
+            "steady_time": self.steady_time,
             "images_timed": self.images_timed,
             "mix_weight": self.mix_weight(),
             "lr": self.lr(),
@@ -578,9 +584,8 @@ class _Run:
 
     def run(self) -> None:
         cfg, info = self.cfg, self.info
-        per_update_images = self.global_batch
-        timed_from = min(self.update + 5, self.total_updates)  # skip warm-up/compile updates when timing
-        t_mark = None
+        # every update ends in a host sync (the loss/grad-norm check), so per-update wall times are honest
+        timed_from = self.update + WARMUP_UPDATES  # skip warm-up / torch.compile updates for images/s
         while self.update < self.total_updates:
             if self.sampler is not None:
                 self.sampler.set_position(self.epoch, self.batch_in_epoch * cfg.batch_size)
@@ -600,14 +605,13 @@ class _Run:
             )
             try:
                 while self.batch_in_epoch < self.epoch_batches() and self.update < self.total_updates:
-                    if self.update == timed_from:
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize(self.device)
-                        t_mark = time.perf_counter()
                     t0 = time.perf_counter()
                     loss, norm, taken = self.train_update(it)
-                    if t_mark is not None:
-                        self.images_timed += per_update_images
+                    dt = time.perf_counter() - t0
+                    self.train_time += dt
+                    if self.update > timed_from:
+                        self.steady_time += dt
+                        self.images_timed += self.global_batch
                     g = self.mix_weight()
                     bar.update(1, loss=loss, lr=self.lr(), g=g)
                     if taken and self.step % max(1, cfg.log_every) == 0:
@@ -620,29 +624,18 @@ class _Run:
                             lr_rel=self.lr() / self.peak_lr,
                             mix_weight=g,
                             grad_norm=norm,
-                            seconds_per_step=round(time.perf_counter() - t0, 5),
+                            seconds_per_step=round(dt, 5),
                         )
                     end_of_epoch = self.batch_in_epoch >= self.epoch_batches()
                     if cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0 and not end_of_epoch:
-                        self.accumulate_time(t_mark)
-                        t_mark = time.perf_counter() if t_mark is not None else None
                         self.save("last")
                     self.emit("step", loss=loss, taken=taken, mix_weight=g, lr=self.lr())
             finally:
                 bar.close()
-            self.accumulate_time(t_mark)
-            t_mark = time.perf_counter() if t_mark is not None else None
             if self.batch_in_epoch >= self.epoch_batches():
                 self.epoch += 1
                 self.batch_in_epoch = 0
             self.end_of_epoch()  # also when max_steps ends the run mid-epoch
-            t_mark = time.perf_counter() if t_mark is not None else None
-
-    def accumulate_time(self, t_mark: float | None) -> None:
-        if t_mark is not None:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.train_time += time.perf_counter() - t_mark
 
     def end_of_epoch(self) -> None:
         cfg = self.cfg
@@ -790,7 +783,8 @@ def _final_phase(run: _Run) -> TrainResult:
         "device": str(run.device),
         "amp": str(run.amp_dtype),
         "train_seconds": round(run.train_time, 3),
-        "images_per_second": round(run.images_timed / run.train_time, 2) if run.train_time > 0 else None,
+        "images_per_second": round(run.images_timed / run.steady_time, 2) if run.steady_time > 0 else None,
+        "images_per_second_note": f"steady state: updates after the first {WARMUP_UPDATES} of each process",
         "skipped_updates": run.guard.total_skipped,
         "progressive": run.prepbn,
         "last_eval": run.last_eval,
@@ -925,7 +919,8 @@ def _report(info: DistInfo, result: TrainResult) -> None:
     if s.get("images_per_second"):
         lines.append(
             f"training: {result.steps} steps in {result.train_seconds:.1f} s, "
-            f"{s['images_per_second']:.1f} images/s (after 5 warm-up steps, {s['world_size']} process(es))"
+            f"{s['images_per_second']:.1f} images/s after {WARMUP_UPDATES} warm-up steps "
+            f"({s['world_size']} process(es), global batch {s['global_batch']})"
         )
     if result.final_eval:
         lines.append(f"held-out top-1 (recalibrated, unfolded): {result.final_eval['acc']:.2f}%")
