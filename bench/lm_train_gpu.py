@@ -176,6 +176,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU smoke runs)")
     p.add_argument("--budget-minutes", type=float, default=7.5, help="skip configurations after this")
     p.add_argument("--model-kwargs", default=None, help="JSON SLAB-LM config overrides")
     p.add_argument("--smoke", action="store_true", help="tiny model, T 64/128, 1+2 steps (pipeline check)")
@@ -188,6 +189,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device (use --device cpu --smoke for a pipeline check)", file=sys.stderr)

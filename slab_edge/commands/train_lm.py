@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
     summary = train_lm(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
     print(
         f"[slab-edge train-lm] {summary['steps']} steps, {summary['tokens_seen']:,} tokens in "
         f"{summary['trained_seconds']:.1f} s; validation loss {summary['val_loss']:.4f} nats/token, "

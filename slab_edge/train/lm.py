@@ -11,6 +11,10 @@ parameters), lr 3e-4 (1e-3 for the tiny CI model), weight decay 0.01, betas (0.9
 paper's LLaMA run keeps RMSNorm for 10k steps and then fades to RepBN over 18k; here both lengths are
 fractions of the run with that 10:18 ratio (0.2 and 0.36 by default), so the last ~44 % of training already
 trains the RepBN-only network that is folded and deployed. Values >= 1 are absolute optimizer steps.
+After the last step the RepBN running statistics are re-estimated with frozen weights (SLAB's final phase,
+`recal_steps` batches, cumulative average) before the final validation and the saved model.
+Validation runs the eval-mode network (PRepBN = RepBN with running statistics, exactly what is folded and
+exported), so during the RMSNorm phase of a prepbn run its numbers describe the still untrained RepBN path.
 
 Batches are windows of seq_len + 1 tokens at uniformly random offsets of the training stream, drawn from a
 generator seeded by (seed, step, micro-batch, rank): the data order is a pure function of the step, so a

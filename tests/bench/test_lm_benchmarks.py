@@ -38,7 +38,7 @@ def test_lm_decode_smoke(tmp_path):
 
 def test_lm_train_gpu_smoke_on_cpu(tmp_path):
     out = tmp_path / "train"
-    run("lm_train_gpu.py", "--smoke", "--device", "cpu", "--fp32", "--out", str(out))
+    run("lm_train_gpu.py", "--smoke", "--device", "cpu", "--fp32", "--threads", "1", "--out", str(out))
     results = json.loads((out / "results.json").read_text())
     rows = [r for r in results["rows"] if "skipped" not in r]
     assert {r["attention"] for r in rows} == {"softmax", "gla"} and {r["length"] for r in rows} == {64, 128}
