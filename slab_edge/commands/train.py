@@ -54,14 +54,17 @@ def resolve_from_args(args: argparse.Namespace):
     if resume == "auto":
         probe = resolve_train_config(file_values, cli_values)
         resume = probe.output or str(default_run_dir(probe))
+    from slab_edge.train.checkpoint import resolve_checkpoint
+
     saved = load_run_config(resume)
+    if not saved.get("output"):  # the run used the default folder: keep writing where the checkpoint is
+        saved["output"] = str(resolve_checkpoint(resume).parent.parent)
     if "model" in cli_values and saved.get("model") not in (None, cli_values["model"]):
         from slab_edge.errors import CheckpointError
 
         raise CheckpointError(
             f"checkpoint {resume} was trained for model {saved.get('model')!r}, not {cli_values['model']!r}"
         )
-    saved.setdefault("output", str(resume) if not str(resume).endswith(".json") else saved.get("output"))
     return resolve_train_config(file_values, cli_values, base=saved), resume
 
 

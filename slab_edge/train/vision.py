@@ -637,9 +637,19 @@ class _Run:
                 self.batch_in_epoch = 0
             self.end_of_epoch()  # also when max_steps ends the run mid-epoch
 
+    def skipped_images(self) -> int:
+        """Unreadable images skipped so far (shared counter of the ImageFolder datasets; this rank)."""
+        return sum(
+            int(getattr(ds, "skipped", 0)) for ds in (self.data.train, self.data.val) if ds is not None
+        )
+
     def end_of_epoch(self) -> None:
         cfg = self.cfg
         done = self.update >= self.total_updates
+        skipped = self.skipped_images()
+        if skipped:
+            self.log.write("event", step=self.step, epoch=self.epoch, event="skipped_images", count=skipped)
+            _warn(self.info, f"{skipped} unreadable image(s) skipped so far (see the warnings naming them)")
         ev = {}
         if self.val_loader is not None and cfg.eval_every and (self.epoch % cfg.eval_every == 0 or done):
             ev = self.evaluate_now()
@@ -786,6 +796,7 @@ def _final_phase(run: _Run) -> TrainResult:
         "images_per_second": round(run.images_timed / run.steady_time, 2) if run.steady_time > 0 else None,
         "images_per_second_note": f"steady state: updates after the first {WARMUP_UPDATES} of each process",
         "skipped_updates": run.guard.total_skipped,
+        "skipped_images": run.skipped_images(),
         "progressive": run.prepbn,
         "last_eval": run.last_eval,
         "best_acc": run.best_acc,

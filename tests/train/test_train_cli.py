@@ -138,3 +138,36 @@ def test_image_folder_with_an_empty_class(tmp_path, capsys):
     )
     assert "has no images" in capsys.readouterr().err
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_imagenet_style_recipe_on_an_image_folder(tmp_path, capsys):
+    """RandAugment, mixup/cutmix (soft targets), random erasing, EMA and gradient accumulation on a folder
+    with one corrupt image (skipped and counted)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for c, base in (("cat", 60), ("dog", 190)):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(base + rng.normal(0, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "d" / split / c / f"{i}.png")
+    (tmp_path / "d" / "train" / "dog" / "7.png").write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "run"
+    argv = ["train", "--model", "tiny_slab_test", "--data", str(tmp_path / "d"), "--input-size", "16",
+            "--batch-size", "4", "--grad-accum", "2", "--epochs", "2", "--warmup-epochs", "0", "--ema",
+            "--ema-decay", "0.9", "--num-workers", "0", "--output", str(out), "--no-progress", "--no-plot",
+            "--recal-steps", "2"]  # fmt: skip
+    assert cli_main(argv) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = (out / "config.yaml").read_text()
+    assert "aa: rand-m9-mstd0.5-inc1" in cfg and "mixup: 0.8" in cfg and "reprob: 0.25" in cfg
+    assert summary["steps"] == 4 and summary["global_batch"] == 8  # 16 images / (4 x 2) per epoch
+    assert summary["skipped_images"] >= 1 and "unreadable image" in captured.err
+    assert summary["last_eval"]["n"] == 6 and "ema_acc" in summary["last_eval"]
+    manifest = json.loads((out / "checkpoints" / "last.json").read_text())
+    assert "ema" in manifest["files"]
+    _, meta = load_model(out / "deploy.safetensors")
+    assert meta["labels"] == ["cat", "dog"]

@@ -114,3 +114,18 @@ def test_fresh_run_refuses_to_overwrite(finished_run, capsys):
     argv = ["train", "--model", "tiny_slab_test", "--output", str(finished_run), "--no-progress"]
     assert cli_main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_cli_resume_extends_a_finished_run(finished_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    monkeypatch.chdir(tmp_path)
+    # bare --resume uses --output's run; the saved config comes back, --max-steps overrides it
+    assert cli_main(["train", "--resume", "--output", str(run), "--max-steps", "9", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at step 6" in out and "tiny_slab_test" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 9
+    assert "max_steps: 9" in (run / "config.yaml").read_text()
