@@ -41,7 +41,9 @@ class TrainConfig:
     )
     # schedule
     epochs: int = field(default=300, metadata=_h("training epochs"))
-    max_steps: int | None = field(default=None, metadata=_h("stop after this many optimizer steps"))
+    max_steps: int | None = field(
+        default=None, metadata=_h("cap the run at N updates (schedules fit the shorter run)")
+    )
     batch_size: int = field(default=128, metadata=_h("images per process per forward"))
     grad_accum: int = field(default=1, metadata=_h("forwards per optimizer step"))
     lr: float | None = field(

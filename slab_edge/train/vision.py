@@ -162,11 +162,16 @@ def _optimizer(cfg: TrainConfig, model: nn.Module, lr: float):
 
 
 def _scheduler(cfg: TrainConfig, optimizer, total_steps: int, updates_per_epoch: int):
-    """timm scheduler in units of optimizer steps (so fractional epochs and max_steps just work)."""
+    """timm scheduler in units of optimizer steps (so fractional epochs and max_steps just work).
+
+    When max_steps shortens the run, warm-up and cooldown shrink in proportion.
+    """
     from timm.scheduler import create_scheduler_v2
 
-    warmup = int(round(cfg.warmup_epochs * updates_per_epoch))
-    cooldown = int(round(cfg.cooldown_epochs * updates_per_epoch))
+    full = max(1.0, (cfg.epochs + cfg.cooldown_epochs) * updates_per_epoch)
+    scale = min(1.0, total_steps / full)
+    warmup = int(round(cfg.warmup_epochs * updates_per_epoch * scale))
+    cooldown = int(round(cfg.cooldown_epochs * updates_per_epoch * scale))
     main = max(1, total_steps - cooldown)
     try:
         scheduler, _ = create_scheduler_v2(
@@ -302,10 +307,9 @@ class _Run:
         self.data: DataBundle = build_data(cfg, resolve_data_config({}, model=self.model), (classes, scanned))
         seed_everything(cfg.seed + info.rank)  # augmentation and drop path differ per rank
         self.build_loaders()
-        self.total_updates = cfg.epochs * self.updates_per_epoch
-        if cfg.max_steps:
+        self.total_updates = int(round((cfg.epochs + cfg.cooldown_epochs) * self.updates_per_epoch))
+        if cfg.max_steps:  # a shorter run: the lr and progressive-norm schedules are fit to it
             self.total_updates = min(self.total_updates, int(cfg.max_steps))
-        self.total_updates += int(round(cfg.cooldown_epochs * self.updates_per_epoch))
         self.global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
         self.peak_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.global_batch / cfg.lr_base_size
         self.optimizer = _optimizer(cfg, self.model, self.peak_lr)
