@@ -182,6 +182,9 @@ def plot_metrics(
         for label, xs, ys in series[name]:
             ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3)
         ax.set_ylabel(name)
+        values = [y for _, _, ys in series[name] for y in ys]
+        if name.startswith("loss") and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")  # held-out loss spikes while the LN weight is high would flatten the rest
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     axes[-1, 0].set_xlabel("optimizer step")
