@@ -938,7 +938,8 @@ def _report(info: DistInfo, result: TrainResult) -> None:
             f"({s['world_size']} process(es), global batch {s['global_batch']})"
         )
     if result.final_eval:
-        lines.append(f"held-out top-1 (recalibrated, unfolded): {result.final_eval['acc']:.2f}%")
+        state = "recalibrated, unfolded" if result.recal_batches else "unfolded"
+        lines.append(f"held-out top-1 ({state}): {result.final_eval['acc']:.2f}%")
     if result.deploy_eval:
         p = s.get("parity", {})
         lines.append(
