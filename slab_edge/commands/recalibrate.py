@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_writable_dir(Path(args.output).parent)
     device = resolve_device(args.device)
-    model, meta = load_model(args.checkpoint, which="ema" if args.ema else "model", device=device)
+    model, meta = load_model(
+        args.checkpoint, which="ema" if args.ema else "model", device=device, prefer="unfolded"
+    )
     if meta.get("deploy"):
         raise InputError(
             f"{args.checkpoint} is folded (deploy): its BatchNorms are gone; recalibrate before folding"

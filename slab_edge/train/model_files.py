@@ -48,6 +48,7 @@ __all__ = [
 
 MODEL_FORMAT = "slab-edge-model/1"
 DEPLOY_FILE = "deploy.safetensors"
+FINAL_FILE = "final.safetensors"
 
 
 def resolve_name(name: str) -> str:
@@ -126,12 +127,18 @@ def save_model_file(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     return write_safetensors(path, model.state_dict(), {**meta, "format": MODEL_FORMAT})
 
 
-def resolve_model_file(path: str | Path) -> tuple[str, Path]:
-    """("file" | "manifest", path) for a weights file, a manifest, or a run folder."""
+def resolve_model_file(path: str | Path, prefer: str = "deploy") -> tuple[str, Path]:
+    """("file" | "manifest", path) for a weights file, a manifest, or a run folder.
+
+    For a run folder, prefer="deploy" picks deploy.safetensors, then final.safetensors, then the last
+    checkpoint; prefer="unfolded" skips deploy.safetensors (for recalibrating or folding).
+    """
     path = Path(path)
     if path.is_dir():
-        if (path / DEPLOY_FILE).is_file():
-            return "file", path / DEPLOY_FILE
+        names = [DEPLOY_FILE, FINAL_FILE] if prefer == "deploy" else [FINAL_FILE]
+        for name in names:
+            if (path / name).is_file():
+                return "file", path / name
         return "manifest", resolve_checkpoint(path)
     if path.suffix == ".json":
         return "manifest", resolve_checkpoint(path)
@@ -145,17 +152,22 @@ def load_model(
     which: str = "model",
     device: str | torch.device = "cpu",
     expect_model: str | None = None,
+    prefer: str = "deploy",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a model file / manifest / run folder and load its weights strictly.
 
     Args:
-        which: "model" or "ema" (manifests only).
+        which: "model" or "ema" (manifests only; "ema" on a run folder reads its last checkpoint).
         expect_model: raise CheckpointError if the file belongs to another model.
+        prefer: for run folders, "deploy" (folded file first) or "unfolded" (see `resolve_model_file`).
 
     Returns:
         (model in eval mode on `device`, metadata).
     """
-    kind, resolved = resolve_model_file(path)
+    if which == "ema" and Path(path).is_dir():
+        kind, resolved = "manifest", resolve_checkpoint(path)
+    else:
+        kind, resolved = resolve_model_file(path, prefer)
     if kind == "manifest":
         ckpt = load_checkpoint(resolved)
         meta = ckpt.meta
@@ -163,6 +175,10 @@ def load_model(
         if state is None:
             raise CheckpointError(f"checkpoint {resolved} has no {which} weights")
     else:
+        if which == "ema":
+            raise CheckpointError(
+                f"{resolved} is a model file; EMA weights live in training checkpoints (pass the run folder)"
+            )
         state, meta = read_safetensors(resolved)
         if meta.get("format") != MODEL_FORMAT or "model" not in meta:
             raise CheckpointError(f"{resolved} carries no slab-edge model metadata (format {MODEL_FORMAT})")

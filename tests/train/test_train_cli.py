@@ -78,7 +78,7 @@ def test_recalibrate_then_fold_commands(trained, tmp_path, capsys):
             [
                 "recalibrate",
                 "--checkpoint",
-                str(trained / "checkpoints" / "last.json"),
+                str(trained),  # a run folder: its unfolded final weights, not deploy.safetensors
                 "--steps",
                 "3",
                 "--epochs",
@@ -171,3 +171,8 @@ def test_imagenet_style_recipe_on_an_image_folder(tmp_path, capsys):
     assert "ema" in manifest["files"]
     _, meta = load_model(out / "deploy.safetensors")
     assert meta["labels"] == ["cat", "dog"]
+
+
+def test_ema_needs_a_training_checkpoint(trained, capsys):
+    assert cli_main(["evaluate", "--checkpoint", str(trained / "final.safetensors"), "--ema"]) == 2
+    assert "EMA weights live in training checkpoints" in capsys.readouterr().err
