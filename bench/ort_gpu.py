@@ -1,7 +1,7 @@
 """ONNX Runtime CUDA EP check (issue 4, item 7): fp32 and fp16-mixed exports of a zoo model on the GPU.
 
-Prints parity vs torch on the same GPU (TF32 off for the fp32 reference) and median latency at two batch sizes,
-host copies included (session.run on numpy arrays, the way the runtime uses it). Needs onnxruntime-gpu.
+Prints parity vs torch on the same GPU (TF32 off for the fp32 reference) and median latency at two batch
+sizes, host copies included (session.run on numpy arrays, the way the runtime uses it). Needs onnxruntime-gpu.
 
     python bench/ort_gpu.py --model slab_deit_tiny_patch16_224 --out runs/ort_gpu.json
 """
@@ -68,19 +68,20 @@ def main() -> None:
                     "max_abs_err": float(np.abs(out - ref).max()),
                     "max_abs_logit": float(np.abs(ref).max()),
                     "top1_agree": float((out.argmax(-1) == ref.argmax(-1)).mean()),
-                    "median_ms": median_ms(lambda: sess.run({name: x}), args.iters),
+                    "median_ms": median_ms(lambda s=sess, feed={name: x}: s.run(feed), args.iters),
                 }
             results[precision] = row
             sess.close()
         for batch in args.batches:
             xt = torch.randn(batch, *size, device="cuda")
 
-            def torch_run():
+            def torch_run(xt=xt):
                 with torch.no_grad():
                     model(xt)
                 torch.cuda.synchronize()
 
-            results.setdefault("torch_fp32_eager", {})[f"bs{batch}_median_ms"] = median_ms(torch_run, args.iters)
+            eager = results.setdefault("torch_fp32_eager", {})
+            eager[f"bs{batch}_median_ms"] = median_ms(torch_run, args.iters)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
