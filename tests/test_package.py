@@ -26,7 +26,10 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_does_not_import_torch():
-    proc = run_python(BLOCK_TORCH + "import slab_edge, slab_edge.errors, slab_edge.io, slab_edge.runtime.metadata\nprint('ok')")
+    proc = run_python(
+        BLOCK_TORCH
+        + "import slab_edge, slab_edge.errors, slab_edge.io, slab_edge.runtime.metadata\nprint('ok')"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 

@@ -7,7 +7,8 @@ timm names (official builder name in brackets):
     slab_swin_tiny/small/base_patch4_224 [slab_swin_t/s/b]
     swin_tiny_prepbn_patch4_window7_224 [swin_t_prepbn]
     slab_cswin_tiny/small_224 [slab_cswin_t/s]
-    slab_deit_digits (a small SLAB-DeiT for the embedded 32x32 digits data; not an official model)
+    slab_deit_digits, deit_digits (small SLAB-DeiT / softmax+LayerNorm DeiT for the embedded 32x32 digits;
+        not official models)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Simplified linear attention: core vs float64 definition, both multiplication orders, layer maths, fp32 core."""
+"""Simplified linear attention: core vs float64 definition, both orders, layer maths, fp32 core."""
 
 from __future__ import annotations
 
