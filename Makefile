@@ -26,11 +26,12 @@ demo: $(STAMP)
 	$(BIN)/slab-edge demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check slab_edge tests models export runtime examples bench
-	$(BIN)/ruff format --check slab_edge tests models export runtime examples bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python bench/vision_suite.py
