@@ -1,4 +1,8 @@
-"""`slab-edge demo` (`make demo`): train on digits -> recalibrate -> fold -> evaluate -> deploy checkpoint.
+"""`slab-edge demo` (`make demo`): the whole job on the embedded digits.
+
+train -> recalibrate -> fold -> deploy checkpoint -> export ONNX (fp32/fp16/int8) -> build an engine if a
+TensorRT builder is installed -> torch-free ONNX Runtime inference over the held-out digits: accuracy,
+parity and latency.
 
 slab-edge demo                       # ~2-3 minutes of training on 2 CPU cores
 slab-edge demo --epochs 3 --output /tmp/demo --threads 1
@@ -16,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--train-only", action="store_true", help="stop after the deploy checkpoint")
     parser.add_argument(
         "--set",
         dest="set_overrides",
@@ -28,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slab_edge.train.config import parse_set_overrides
-    from slab_edge.train.demo import run_demo
+    from slab_edge.train.demo import DEMO_STEPS, run_demo
 
     overrides = parse_set_overrides(args.set_overrides)
     if args.epochs is not None:
@@ -37,5 +42,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["threads"] = args.threads
     if args.no_progress:
         overrides["progress"] = False
-    run_demo(args.output, **overrides)
+    steps = list(DEMO_STEPS)
+    if not args.train_only:
+        from slab_edge.export.demo import DEPLOY_STEPS
+
+        steps += DEPLOY_STEPS
+    run_demo(args.output, steps=steps, **overrides)
     return 0
