@@ -10,6 +10,7 @@ from slab_edge.errors import InputError
 from slab_edge.layers.norms import RepBN, set_progressive_schedule
 from slab_edge.layers.reparam import remaining_norms, reparameterize_model
 from slab_edge.models.slab_lm import SlabLM, SlabLMConfig, create_slab_lm, sample_next_token, slab_lm_config
+from slab_edge.testing import assert_rel_close
 
 ATTENTIONS = ["sla", "gla", "softmax"]
 NORMS = ["rmsnorm", "prepbn"]
@@ -33,11 +34,6 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
 def tiny(attention: str, norm: str = "rmsnorm", seed: int = 0, **overrides) -> SlabLM:
     torch.manual_seed(seed)
     return randomize(create_slab_lm("tiny", attention=attention, norm=norm, **overrides)).eval()
-
-
-def assert_rel_close(actual, expected, rtol, what=""):
-    err, scale = (actual - expected).abs().max(), expected.abs().max()
-    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} x magnitude {scale:.3g}"
 
 
 @pytest.mark.parametrize("norm", NORMS)

@@ -17,6 +17,7 @@ from slab_edge.ops.causal_sla import (
     causal_sla,
     causal_sla_step,
 )
+from slab_edge.testing import assert_rel_close
 
 # (B, T, H, K, V, initial state): partial last chunk, T < 64, exact chunks, one token.
 CASES = [
@@ -27,15 +28,6 @@ CASES = [
     (1, 1, 2, 8, 4, True),
 ]
 CASE_IDS = [f"B{b}-T{t}-H{h}-K{k}-V{v}-{'h0' if s else 'zero'}" for b, t, h, k, v, s in CASES]
-
-
-def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "") -> None:
-    """max |actual - expected| <= rtol * max |expected| (errors relative to the tensor's magnitude)."""
-    expected = expected.to(actual.dtype)
-    scale = expected.abs().max().clamp(min=1e-30)
-    err = (actual - expected).abs().max()
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} x magnitude {scale:.3g}"
 
 
 def make_inputs(b, t, h, k, v, seed=0):

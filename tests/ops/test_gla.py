@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from slab_edge.ops.gla import gla_chunk, gla_gate, gla_naive, gla_recurrent, gla_step
+from slab_edge.testing import assert_rel_close
 
 # (B, T, H, K, V, gate, initial state): a partial last chunk (with weak, strong and mixed gates), T < 64,
 # exact chunks, a single token.
@@ -18,17 +19,6 @@ CASES = [
     (1, 1, 2, 8, 4, "normal", True),
 ]
 CASE_IDS = [f"B{b}-T{t}-H{h}-K{k}-V{v}-{gate}-{'h0' if s else 'zero'}" for b, t, h, k, v, gate, s in CASES]
-
-
-def assert_rel_close(
-    actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "", floor: float = 1e-30
-) -> None:
-    """max |actual - expected| <= rtol * max(max |expected|, floor): errors relative to the magnitude."""
-    expected = expected.to(actual.dtype)
-    scale = expected.abs().max().clamp(min=floor)
-    err = (actual - expected).abs().max()
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} x magnitude {scale:.3g}"
 
 
 def make_inputs(b, t, h, k, v, gate="normal", seed=0, dtype=torch.float32):
