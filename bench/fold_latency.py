@@ -19,25 +19,6 @@ from pathlib import Path
 MODELS = ("slab_deit_tiny_patch16_224", "deit_tiny_prepbn_patch16_224")
 
 
-def randomize_norms(model, seed: int = 0) -> None:
-    import torch
-    from torch import nn
-
-    from slab_edge.layers.norms import RepBN
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
-            elif isinstance(m, RepBN):
-                m.alpha.fill_(float(torch.rand(1, generator=g)) + 0.5)
-
-
 def time_interleaved(fns: dict, iters: int, warmup: int) -> dict[str, list[float]]:
     for _ in range(warmup):
         for fn in fns.values():
@@ -66,6 +47,7 @@ def main() -> None:
 
     import slab_edge  # noqa: F401  (registers the zoo)
     from slab_edge.layers.reparam import remaining_norms, reparameterize_model
+    from slab_edge.testing import randomize_norm_statistics
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -73,7 +55,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         model = timm.create_model(name).eval()
-        randomize_norms(model)
+        randomize_norm_statistics(model)
         folded = reparameterize_model(model)
         with torch.inference_mode():
             diff = (model(x) - folded(x)).abs().max().item()

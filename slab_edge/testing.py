@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def assert_rel_close(
@@ -17,3 +18,23 @@ def assert_rel_close(
     err = (actual - expected).abs().max()
     assert torch.isfinite(actual).all(), f"{what}: non-finite values"
     assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} x magnitude {scale:.3g}"
+
+
+@torch.no_grad()
+def randomize_norm_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """In place: BN running_mean U(-.5,.5), running_var U(.5,2), weight U(.5,1.5), bias U(-.2,.2);
+    RepBN alpha U(.5,1.5). Returns the model. Default statistics (mean 0, var 1) hide fold bugs."""
+    from slab_edge.layers.norms import RepBN
+
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            c = module.num_features
+            module.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+            module.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+            if module.weight is not None:
+                module.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                module.bias.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
+        elif isinstance(module, RepBN):
+            module.alpha.copy_(torch.rand(1, generator=g) + 0.5)
+    return model

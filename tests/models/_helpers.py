@@ -25,6 +25,8 @@ import pytest
 import torch
 from torch import nn
 
+from slab_edge.testing import randomize_norm_statistics  # noqa: F401  (re-exported for the model tests)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -92,26 +94,6 @@ def load_conformance(variant: str) -> tuple[dict[str, torch.Tensor], torch.Tenso
     x = load_file(str(path / "input_2x3x224x224.safetensors"))["x"]
     logits = load_file(str(path / f"{key}.out.safetensors"))["logits"]
     return state, x, logits
-
-
-@torch.no_grad()
-def randomize_norm_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
-    """In place: BN running_mean U(-.5,.5), running_var U(.5,2), weight U(.5,1.5), bias U(-.2,.2);
-    RepBN alpha U(.5,1.5). Returns the model."""
-    from slab_edge.layers.norms import RepBN
-
-    g = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            c = module.num_features
-            module.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-            module.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            if module.weight is not None:
-                module.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                module.bias.copy_((torch.rand(c, generator=g) - 0.5) * 0.4)
-        elif isinstance(module, RepBN):
-            module.alpha.copy_(torch.rand(1, generator=g) + 0.5)
-    return model
 
 
 @torch.no_grad()
