@@ -35,34 +35,37 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a pipeline check")
     args = parser.parse_args()
 
     import onnxruntime as ort
     import torch
 
-    if hasattr(ort, "preload_dlls"):
+    if args.device == "cuda" and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()  # the pip CUDA/cuDNN libraries torch brought along
     from slab_edge.export import export_model, prepare_model
     from slab_edge.runtime import session as rt
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    cuda = args.device == "cuda"
     prepared = prepare_model(args.model)
-    model = prepared.model.eval().cuda()
-    results: dict = {"model": args.model, "ort": ort.__version__, "device": torch.cuda.get_device_name()}
+    results: dict = {"model": args.model, "ort": ort.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
+        # export on the CPU (the exporter traces with a CPU example), then move the reference to the GPU
         export_model(prepared, path, precisions=["fp32", "fp16"], parity=False)
+        model = prepared.model.eval().to(args.device)
         files = {"fp32": path, "fp16": path.with_name("model.fp16.onnx")}
-        size = prepared.metadata["input_size"]
+        size = prepared.data_config["input_size"]
         for precision, file in files.items():
-            sess = rt.load(file, provider="cuda")
+            sess = rt.load(file, provider=args.device)
             name = sess.inputs[0].name
             row = {"providers": sess.providers if hasattr(sess, "providers") else "cuda"}
             for batch in args.batches:
                 x = np.random.default_rng(batch).standard_normal((batch, *size)).astype(np.float32)
                 with torch.no_grad():
-                    ref = model(torch.from_numpy(x).cuda()).float().cpu().numpy()
+                    ref = model(torch.from_numpy(x).to(args.device)).float().cpu().numpy()
                 out = next(iter(sess.run({name: x}).values())).astype(np.float32)
                 row[f"bs{batch}"] = {
                     "max_abs_err": float(np.abs(out - ref).max()),
@@ -73,12 +76,13 @@ def main() -> None:
             results[precision] = row
             sess.close()
         for batch in args.batches:
-            xt = torch.randn(batch, *size, device="cuda")
+            xt = torch.randn(batch, *size, device=args.device)
 
             def torch_run(xt=xt):
                 with torch.no_grad():
                     model(xt)
-                torch.cuda.synchronize()
+                if cuda:
+                    torch.cuda.synchronize()
 
             eager = results.setdefault("torch_fp32_eager", {})
             eager[f"bs{batch}_median_ms"] = median_ms(torch_run, args.iters)

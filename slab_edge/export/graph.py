@@ -294,6 +294,46 @@ def remove_fp16_round_trips(model) -> int:
     return removed
 
 
+def merge_duplicate_producers(model) -> int:
+    """Keep one of several identical nodes that write the same output name (in place). Returns nodes dropped.
+
+    onnxruntime < 1.32's float16 converter inserts one Cast per blocked consumer of an fp16 tensor, all
+    writing `<name>_cast_to_fp32`, which breaks SSA form; 1.32 shares one Cast. Value infos are deduplicated
+    the same way.
+
+    Raises:
+        BackendError: if two different nodes write the same output (a graph no merge can repair).
+    """
+    from slab_edge.errors import BackendError
+
+    graph = model.graph
+    first: dict[str, object] = {}
+    keep, dropped = [], 0
+    for node in graph.node:
+        owner = next((first[o] for o in node.output if o in first), None)
+        if owner is None:
+            first.update({o: node for o in node.output})
+            keep.append(node)
+            continue
+        same = (owner.op_type, list(owner.input), list(owner.output), list(owner.attribute)) == (
+            node.op_type, list(node.input), list(node.output), list(node.attribute)
+        )
+        if not same:
+            raise BackendError(f"nodes {owner.name!r} and {node.name!r} both write {node.output[0]!r}")
+        dropped += 1
+    if dropped:
+        _replace_nodes(graph, keep)
+        seen, unique = set(), []
+        for info in graph.value_info:
+            if info.name not in seen:
+                seen.add(info.name)
+                unique.append(type(info)())
+                unique[-1].CopyFrom(info)
+        del graph.value_info[:]
+        graph.value_info.extend(unique)
+    return dropped
+
+
 def _replace_nodes(graph, nodes: list) -> None:
     copies = [type(node)() for node in nodes]
     for copy, node in zip(copies, nodes):

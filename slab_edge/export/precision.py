@@ -20,6 +20,7 @@ from pathlib import Path
 from slab_edge.errors import BackendError
 from slab_edge.export.graph import (
     SLA_CORE_TAG,
+    merge_duplicate_producers,
     remove_fp16_round_trips,
     sla_core_node_names,
     tensor_elem_types,
@@ -66,6 +67,7 @@ def convert_fp16(fp32_proto):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         proto = convert_float_to_float16(_copy(fp32_proto), keep_io_types=True, node_block_list=block)
+    merge_duplicate_producers(proto)
     topological_sort(proto)
     remove_fp16_round_trips(proto)
     not_fp32 = {

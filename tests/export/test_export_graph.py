@@ -10,8 +10,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from slab_edge.errors import BackendError
 from slab_edge.export.graph import (
     find_sla_cores,
+    merge_duplicate_producers,
     op_type_counts,
     remove_fp16_round_trips,
     sla_core_node_names,
@@ -135,6 +137,40 @@ def test_remove_fp16_round_trips_keeps_fp32_between_core_nodes():
     assert "c32" not in by_name and "c16" in by_name
     assert list(by_name["sla_core/Div"].input) == ["m", "a"]
     onnx.checker.check_model(model, full_check=True)
+
+
+def test_merge_duplicate_producers_repairs_per_consumer_casts():
+    """onnxruntime < 1.32's fp16 converter writes one `<x>_cast_to_fp32` Cast per blocked consumer of an fp16
+    tensor: the graph fails the SSA check until the identical copies are merged."""
+    f16 = lambda n: _value(n, TensorProto.FLOAT16, (2, 2))
+    f32 = lambda n: _value(n, TensorProto.FLOAT, (2, 2))
+    nodes = [
+        _cast("c_a", "x", "x32", TensorProto.FLOAT),
+        helper.make_node("MatMul", ["x32", "x32"], ["m"], name="sla_core/MatMul"),
+        _cast("c_b", "x", "x32", TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["x32"], ["s"], name="sla_core/ReduceSum", keepdims=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [f16("x")], [f32("m"), _value("s", TensorProto.FLOAT, (1, 1))])
+    graph.value_info.extend([f32("x32"), f32("x32")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(onnx.checker.ValidationError, match="SSA"):
+        onnx.checker.check_model(model, full_check=True)
+    assert merge_duplicate_producers(model) == 1
+    assert [n.name for n in model.graph.node] == ["c_a", "sla_core/MatMul", "sla_core/ReduceSum"]
+    assert [v.name for v in model.graph.value_info] == ["x32"]
+    onnx.checker.check_model(model, full_check=True)
+    assert merge_duplicate_producers(model) == 0
+
+
+def test_merge_duplicate_producers_refuses_different_writers():
+    v = lambda n: _value(n, TensorProto.FLOAT, (1,))
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"], name="a"),
+        helper.make_node("Neg", ["x"], ["y"], name="b"),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [v("x")], [v("y")]))
+    with pytest.raises(BackendError, match="both write 'y'"):
+        merge_duplicate_producers(model)
 
 
 def test_topological_sort_and_cycle():
