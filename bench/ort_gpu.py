@@ -50,7 +50,8 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = False
     cuda = args.device == "cuda"
     prepared = prepare_model(args.model)
-    results: dict = {"model": args.model, "ort": ort.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    results: dict = {"model": args.model, "ort": ort.__version__, "device": device_name}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         # export on the CPU (the exporter traces with a CPU example), then move the reference to the GPU

@@ -8,7 +8,8 @@
 What it measures (ONNX Runtime, CPUExecutionProvider, --threads 2, batch 1 unless stated):
   1. slab_deit_tiny_patch16_224 (folded) vs timm deit_tiny_patch16_224 (softmax + LayerNorm), both built
      with img_size = 224, 384, 512, 1024 and exported by the same path (slab_edge.export) -> latency
-     ratio per resolution (A/B interleaved), PNG plot of latency vs resolution; 1024 uses fewer iterations.
+     ratio per resolution (A/B interleaved in bursts, see time_interleaved), PNG plot of latency vs
+     resolution; 1024 uses fewer iterations.
   2. deit_tiny_prepbn_patch16_224 folded vs deit_tiny_patch16_224 at 224 (what folding PRepBN buys).
   3. achieved GFLOP/s of slab_deit_tiny (and deit_tiny) at batch 8, 224: FLOPs counted at export time with
      torch.utils.flop_counter.FlopCounterMode, divided by the median latency; against this machine's fp32
@@ -317,7 +318,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def format_results(results: dict[str, Any]) -> str:
     header = f"{'size':>6} {'SLAB ms':>10} {'DeiT ms':>10} {'ratio':>7} {'FLOP ratio':>11} {'goal':>6}  met"
-    lines = ["", "SLAB-DeiT-T / DeiT-T latency (ONNX Runtime CPU, batch 1, median, A/B interleaved)", header]
+    title = "SLAB-DeiT-T / DeiT-T latency (ONNX Runtime CPU, batch 1, median, A/B interleaved in bursts)"
+    lines = ["", title, header]
     for r in results["resolution"]:
         goal = f"{r['goal']:.2f}" if r["goal"] is not None else "-"
         met = "-" if r["goal_met"] is None else ("yes" if r["goal_met"] else "NO")

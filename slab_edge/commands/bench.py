@@ -1,7 +1,8 @@
 """`slab-edge bench MODEL [MODEL_B]`: latency percentiles, throughput, peak RSS; two models A/B interleaved.
 
-Torch-free. With two models every iteration runs both (order alternating), and the A/B latency ratio
-is printed: the fair way to compare on a machine whose speed drifts.
+Torch-free. With two models they take turns in bursts (a few untimed runs after each switch, then
+--burst timed runs; the order alternating), and the A/B latency ratio is printed: the fair way to compare
+on a machine whose speed drifts. See slab_edge.runtime.benchmark.time_interleaved for why the bursts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 
 from slab_edge.commands._runtime_args import add_backend_arguments, session_options
 from slab_edge.errors import InputError
+from slab_edge.runtime.benchmark import BURST, SWITCH_DISCARD
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=100, help="timed runs per model (default: 100)")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the random input (default: 1)")
     parser.add_argument("--no-interleave", action="store_true", help="time A fully, then B (not recommended)")
+    parser.add_argument("--burst", type=int, default=BURST, help=f"timed runs per turn (default: {BURST})")
+    parser.add_argument(
+        "--switch-discard",
+        type=int,
+        default=SWITCH_DISCARD,
+        help=f"untimed runs at the start of each turn (default: {SWITCH_DISCARD})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     parser.add_argument("--output", help="also write the JSON report to this file (atomically)")
@@ -41,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         iters=args.iters,
         interleave=not args.no_interleave,
+        burst=args.burst,
+        switch_discard=args.switch_discard,
         session_options=[session_options(args, m) for m in args.models],
         seed=args.seed,
     )

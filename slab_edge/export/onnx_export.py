@@ -24,7 +24,13 @@ import numpy as np
 
 from slab_edge.errors import BackendError, InputError, SlabEdgeError
 from slab_edge.export.checkpoint import PreparedModel
-from slab_edge.export.graph import op_type_counts, scope_node_names, sla_core_node_names, tag_sla_cores
+from slab_edge.export.graph import (
+    op_type_counts,
+    reorder_erf_gelu,
+    scope_node_names,
+    sla_core_node_names,
+    tag_sla_cores,
+)
 from slab_edge.io import atomic_path
 
 INPUT_NAME = "input"
@@ -133,7 +139,10 @@ def torch_to_onnx(
 
 
 def finalize_graph(proto, simplify: bool = True):
-    """Scope node names, simplify with onnxslim, tag SLA-core nodes. Returns the new ModelProto."""
+    """Scope node names, simplify with onnxslim, put exact GELU in its fusable form, tag SLA-core nodes.
+
+    Returns the new ModelProto.
+    """
     scope_node_names(proto)
     if simplify:
         import onnxslim
@@ -141,6 +150,7 @@ def finalize_graph(proto, simplify: bool = True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             proto = onnxslim.slim(proto)
+    reorder_erf_gelu(proto)
     tag_sla_cores(proto)
     return proto
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slab_edge.ops.sla import sla_core
+from slab_edge.ops.sla import sla_core_channels_first
 
 
 def resample_positional_encoding(
@@ -126,10 +126,11 @@ class SimplifiedLinearAttention(nn.Module):
         """
         b, n, c = q.shape
         heads, d = self.num_heads, self.head_dim
-        q = F.relu(q).reshape(b, n, heads, d).transpose(1, 2)  # [B, h, N, d]
-        k = F.relu(k).reshape(b, n, heads, d).transpose(1, 2)
-        v = v.reshape(b, n, heads, d).transpose(1, 2)
-        out = sla_core(q, k, v)  # [B, h, N, d] float32
-        fmap = v.reshape(b * heads, hw[0], hw[1], d).permute(0, 3, 1, 2)  # [B*h, d, H, W]
-        fmap = self.dwc(fmap).permute(0, 2, 3, 1).reshape(b, heads, n, d)
-        return (out + fmap).transpose(1, 2).reshape(b, n, c).to(v.dtype)  # [B, N, C]
+        # channels first for q and v: v_t feeds both the core and the DWC, and the output leaves in one
+        # transpose (4 Transposes per block in the exported graph instead of 8)
+        q_t = F.relu(q).reshape(b, n, heads, d).permute(0, 2, 3, 1)  # [B, h, d, N]
+        k = F.relu(k).reshape(b, n, heads, d).transpose(1, 2)  # [B, h, N, d]
+        v_t = v.reshape(b, n, heads, d).permute(0, 2, 3, 1)  # [B, h, d, N]
+        out_t = sla_core_channels_first(q_t, k, v_t)  # [B, h, d, N] float32
+        fmap = self.dwc(v_t.reshape(b * heads, d, hw[0], hw[1])).reshape(b, heads, d, n)
+        return (out_t + fmap).permute(0, 3, 1, 2).reshape(b, n, c).to(v.dtype)  # [B, N, C]

@@ -195,8 +195,8 @@ def causal_linear_attn_fla(
     1e-10 and divided by `scale`, the key cumsum is rounded to the input dtype (bf16 in mixed precision),
     and the normalizer state travels as a separate `[B, 1, H, K]` tuple member. To get exactly our semantics
     (eps added to q . z, z in float32, z carried as [B, H, K]) we call it with `scale=1.0, normalize=False`,
-    which returns the plain numerator q_t S_t, and divide by q_t . (z0 + cumsum k) + eps ourselves; the
-    extra cost is one cumulative sum over [B, T, H, K]. Shapes and returns as causal_linear_attn_chunk.
+    which returns the plain numerator q_t S_t, and divide by causal_normalizer(...) ourselves; the extra cost
+    is one cumulative sum over [B, T, H, K]. Shapes and returns as causal_linear_attn_chunk.
     """
     from fla.ops.linear_attn import chunk_linear_attn
 
@@ -211,13 +211,33 @@ def causal_linear_attn_fla(
         normalize=False,
     )
     with torch.autocast(device_type=q.device.type, enabled=False):
-        z = k.float().cumsum(1)  # [B, T, H, K]
-        if z0 is not None:
-            z = z + z0.float().unsqueeze(1)
-        den = (q.float() * z).sum(-1, keepdim=True) + eps  # [B, T, H, 1]
+        den, z_last = causal_normalizer(q, k, z0, eps)
         out = (num.float() / den).to(v.dtype)
-    final = (s_final, z[:, -1]) if output_final_state else None
+    final = (s_final, z_last) if output_final_state else None
     return out, final
+
+
+def causal_normalizer(
+    q: torch.Tensor, k: torch.Tensor, z0: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 q_t . (z0 + sum_{s<=t} k_s) + eps for every t, and the running key sum after the last token.
+
+    Args:
+        q, k: [B, T, H, K] (after the ReLU maps); z0: [B, H, K] or None (zeros).
+
+    Returns:
+        den [B, T, H, 1] float32; z [B, H, K] float32.
+
+    The key sum runs along the last axis of a [B, H, K, T] copy: CUDA's cumsum scans the innermost axis with
+    whole thread blocks but an outer axis with one thread per column walking all T steps in sequence (and
+    the backward is the same scan reversed), which starves the GPU at B = 1, T = 16k. It is the suspected
+    cause of SLA's training throughput falling with T on the H200 (bench/README.md); not yet re-measured.
+    """
+    z = k.float().movedim(1, -1).cumsum(-1).movedim(-1, 1)  # [B, T, H, K]
+    if z0 is not None:
+        z = z + z0.float().unsqueeze(1)
+    den = (q.float() * z).sum(-1, keepdim=True) + eps  # [B, T, H, 1]
+    return den, z[:, -1]
 
 
 # ---------------------------------------------------------------------------------------------------------

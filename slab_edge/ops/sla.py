@@ -47,6 +47,41 @@ def _sla_core_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float
     return out / z
 
 
+def sla_core_channels_first(
+    q_t: torch.Tensor, k: torch.Tensor, v_t: torch.Tensor, eps: float = SLA_EPS
+) -> torch.Tensor:
+    """sla_core in the channels-first layout: the transposed output from transposed queries and values.
+
+    Args:
+        q_t: [..., d, N] queries after the ReLU feature map, channels first.
+        k: [..., N, d] keys after the ReLU feature map.
+        v_t: [..., d_v, N] values, channels first (the layout a depthwise conv on V reads).
+        eps: added to the normalizer q_i . sum_j k_j.
+
+    Returns:
+        [..., d_v, N] in float32, equal to sla_core(q, k, v).transpose(-2, -1). Computing it this way needs no
+        transpose of the normalizer and lets a model read V once for both the core and its DWC branch: the
+        exported graph has half the Transposes of the token-first form.
+    """
+    if torch.jit.is_scripting():
+        return _sla_core_channels_first_fp32(q_t, k, v_t, eps)
+    with torch.autocast(device_type=q_t.device.type, enabled=False):
+        return _sla_core_channels_first_fp32(q_t, k, v_t, eps)
+
+
+def _sla_core_channels_first_fp32(
+    q_t: torch.Tensor, k: torch.Tensor, v_t: torch.Tensor, eps: float
+) -> torch.Tensor:
+    q_t, k, v_t = q_t.float(), k.float(), v_t.float()
+    k_sum = k.sum(dim=-2, keepdim=True)  # [..., 1, d]
+    z = k_sum @ q_t + eps  # [..., 1, N]
+    if use_linear_order(q_t.shape[-1], q_t.shape[-2]):
+        out = (v_t @ k) @ q_t  # [..., d_v, d] @ [..., d, N]
+    else:
+        out = v_t @ (k @ q_t)  # [..., d_v, N] @ [..., N, N]
+    return out / z
+
+
 def sla_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = SLA_EPS) -> torch.Tensor:
     """Element-wise definition in float64, for tests: O_i = sum_j (q_i.k_j) v_j / (sum_j q_i.k_j + eps)."""
     q, k, v = q.double(), k.double(), v.double()

@@ -103,18 +103,35 @@ def random_inputs(session: Session, batch: int = 1, seed: int = 0) -> dict[str, 
     return feeds
 
 
+#: defaults of time_interleaved: runs per session in a row, and how many of them after a switch go untimed
+BURST = 5
+SWITCH_DISCARD = 2
+
+
 def time_interleaved(
     sessions: Mapping[str, Session],
     feeds: Mapping[str, Mapping[str, np.ndarray]],
     warmup: int = 10,
     iters: int = 100,
     interleave: bool = True,
+    burst: int = BURST,
+    switch_discard: int = SWITCH_DISCARD,
 ) -> dict[str, list[float]]:
-    """Seconds per `run` for each session. With `interleave`, every iteration runs every session once,
-    the order rotating each iteration; without it, each session runs all its iterations in turn."""
+    """Seconds per `run` for each session: `iters` timed runs each.
+
+    With `interleave`, sessions take turns in bursts: `switch_discard` untimed runs, then `burst` timed
+    runs, the order of the sessions rotating every round, so drift of the machine lands on all of them
+    alike. The untimed runs matter on a CPU: ONNX Runtime's intra-op threads spin-wait after a run, so
+    the first runs of a session right after another one compete with the idle session's spinning threads
+    (measured on this project's 2-core machine: SLAB-DeiT-T at 224, 20 ms per run when strictly
+    alternating with DeiT-T, 11 ms alone). Strict alternation is `burst=1, switch_discard=0`.
+    Without `interleave`, each session runs all its iterations in turn.
+    """
     names = list(sessions)
     if iters < 1 or warmup < 0:
         raise InputError(f"iters must be >= 1 and warmup >= 0, got {iters} / {warmup}")
+    if burst < 1 or switch_discard < 0:
+        raise InputError(f"burst must be >= 1 and switch_discard >= 0, got {burst} / {switch_discard}")
     for _ in range(warmup):
         for name in names:
             sessions[name].run(feeds[name])
@@ -126,15 +143,21 @@ def time_interleaved(
         session.run(feed)
         times[name].append(time.perf_counter() - start)
 
-    if interleave:
-        for i in range(iters):
-            shift = i % len(names)
-            for name in names[shift:] + names[:shift]:
-                timed(name)
-    else:
+    if not interleave:
         for name in names:
             for _ in range(iters):
                 timed(name)
+        return times
+    discard = switch_discard if len(names) > 1 else 0
+    round_ = 0
+    while len(times[names[0]]) < iters:
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            for _ in range(discard):
+                sessions[name].run(feeds[name])
+            for _ in range(min(burst, iters - len(times[name]))):
+                timed(name)
+        round_ += 1
     return times
 
 
@@ -165,6 +188,8 @@ def benchmark_models(
     interleave: bool = True,
     session_options: Sequence[Mapping[str, Any]] | None = None,
     seed: int = 0,
+    burst: int = BURST,
+    switch_discard: int = SWITCH_DISCARD,
 ) -> dict[str, Any]:
     """Load 1+ models, time them side by side, and return the report (JSON-able).
 
@@ -187,7 +212,7 @@ def benchmark_models(
             sessions[name] = load(path, **opts)
             entries.append({"name": name, "path": str(path), "rss_mb_after_load": current_rss_mb()})
         feeds = {name: random_inputs(s, batch, seed) for name, s in sessions.items()}
-        times = time_interleaved(sessions, feeds, warmup, iters, interleave)
+        times = time_interleaved(sessions, feeds, warmup, iters, interleave, burst, switch_discard)
         for entry in entries:
             session = sessions[entry["name"]]
             stats = LatencyStats.from_seconds(times[entry["name"]], batch)
@@ -206,6 +231,8 @@ def benchmark_models(
             "warmup": warmup,
             "iters": iters,
             "interleaved": interleave,
+            "burst": burst,
+            "switch_discard": switch_discard,
             "session_options": [dict(o) for o in options],
         },  # fmt: skip
         "machine": machine_info(),

@@ -16,6 +16,7 @@ from slab_edge.export.graph import (
     merge_duplicate_producers,
     op_type_counts,
     remove_fp16_round_trips,
+    reorder_erf_gelu,
     sla_core_node_names,
     tag_sla_cores,
     topological_sort,
@@ -192,3 +193,66 @@ def test_topological_sort_and_cycle():
     )
     with pytest.raises(ValueError, match="cycle"):
         topological_sort(cyclic)
+
+
+def _ort_outputs(model: onnx.ModelProto, feeds: dict, optimized_path=None, optimize=True):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_reorder_erf_gelu_is_exact_and_lets_onnxruntime_fuse(exporter, tmp_path):
+    """The exporter's exact GELU, rewritten as (x * (erf(x/sqrt2) + 1)) * 0.5: same bits node by node, and
+    ORT's GeluFusion then replaces the five element-wise nodes with one Gelu (its own erf: ~1e-7 apart)."""
+    from slab_edge.export.onnx_export import torch_to_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.GELU(), torch.nn.Flatten()).eval()
+    raw = torch_to_onnx(net, (3, 4, 4), exporter=exporter)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(raw)
+    count = reorder_erf_gelu(rewritten)
+    onnx.checker.check_model(rewritten, full_check=True)
+    feeds = {"input": np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32) * 3}
+    before = _ort_outputs(raw, feeds, optimize=False)[0]
+    fused_out = _ort_outputs(rewritten, feeds, optimized_path=tmp_path / "opt.onnx")[0]
+    fused = op_type_counts(onnx.load(str(tmp_path / "opt.onnx")))
+    if count == 0:
+        # an exporter that already writes the fusable form (or opset 20 Gelu) needs no rewrite
+        assert fused["Gelu"] == 1 and fused["Erf"] == 0, fused
+        return
+    assert count == 1
+    assert op_type_counts(rewritten)["Erf"] == 1  # still standard ops only
+    np.testing.assert_array_equal(_ort_outputs(rewritten, feeds, optimize=False)[0], before)
+    np.testing.assert_allclose(fused_out, before, rtol=1e-5, atol=1e-6)
+    assert fused["Gelu"] == 1 and fused["Erf"] == 0, fused
+    assert reorder_erf_gelu(rewritten) == 0  # idempotent
+
+
+def test_reorder_erf_gelu_leaves_other_erf_graphs_alone():
+    """An Erf chain with other constants (not GELU) is not touched."""
+    v = lambda n: _value(n, TensorProto.FLOAT, (2,))
+    nodes = [
+        helper.make_node("Div", ["x", "c3"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["a"]),
+        helper.make_node("Mul", ["half", "a"], ["m"]),
+        helper.make_node("Mul", ["x", "m"], ["y"]),
+    ]
+    inits = [
+        helper.make_tensor("c3", TensorProto.FLOAT, [], [3.0]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [v("x")], [v("y")], initializer=inits))
+    assert reorder_erf_gelu(model) == 0
+    model.graph.initializer[0].float_data[:] = [2**0.5]
+    assert reorder_erf_gelu(model) == 1
+    assert [list(n.input) for n in model.graph.node][3:] == [["x", "a"], ["m", "half"]]

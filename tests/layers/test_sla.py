@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from slab_edge.layers.sla import SimplifiedLinearAttention
-from slab_edge.ops.sla import sla_core, sla_reference, use_linear_order
+from slab_edge.ops.sla import sla_core, sla_core_channels_first, sla_reference, use_linear_order
 
 
 @pytest.mark.parametrize("n,d", [(196, 8), (5, 16), (49, 32)], ids=lambda v: str(v))
@@ -18,13 +18,17 @@ def test_core_matches_definition_in_both_orders(n, d):
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), sla_reference(q, k, v), atol=1e-5, rtol=1e-4)
     assert use_linear_order(n, d) == (n > d)
+    out_t = sla_core_channels_first(q.transpose(-2, -1), k, v.transpose(-2, -1))
+    assert out_t.dtype == torch.float32
+    torch.testing.assert_close(out_t.transpose(-2, -1).double(), sla_reference(q, k, v), atol=1e-5, rtol=1e-4)
 
 
 def test_core_stays_fp32_under_bf16_autocast():
     q, k, v = F.relu(torch.randn(1, 2, 64, 8)), F.relu(torch.randn(1, 2, 64, 8)), torch.randn(1, 2, 64, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = sla_core(q.bfloat16(), k.bfloat16(), v.bfloat16())
-    assert out.dtype == torch.float32
+        out_t = sla_core_channels_first(q.bfloat16().mT, k.bfloat16(), v.bfloat16().mT)
+    assert out.dtype == out_t.dtype == torch.float32
 
 
 def _layer_reference(layer: SimplifiedLinearAttention, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from slab_edge.ops.causal_sla import (
     causal_linear_attn_naive,
     causal_linear_attn_recurrent,
     causal_linear_attn_step,
+    causal_normalizer,
     causal_sla,
     causal_sla_step,
 )
@@ -84,6 +85,19 @@ def test_naive_is_the_definition():
         z = z0 + k[:, : t + 1].sum(1)
         expected = torch.einsum("bhk,bhkv->bhv", q[:, t], s) / ((q[:, t] * z).sum(-1, keepdim=True) + 1e-3)
         torch.testing.assert_close(o[:, t], expected)
+
+
+@pytest.mark.parametrize("use_state", [False, True])
+def test_normalizer_is_the_running_key_sum(use_state):
+    """causal_normalizer (the fla path's denominator) vs token-by-token sums, float64 reference."""
+    q, k, _, _, z0 = make_inputs(2, 70, 3, 8, 4)
+    z0 = z0 if use_state else None
+    den, z_last = causal_normalizer(q, k, z0, eps=1e-3)
+    assert den.shape == (2, 70, 3, 1) and den.dtype == z_last.dtype == torch.float32
+    running = k.double().cumsum(1) + (0 if z0 is None else z0.double().unsqueeze(1))
+    expected = (q.double() * running).sum(-1, keepdim=True) + 1e-3
+    assert_rel_close(den, expected, 1e-6, "denominator")
+    assert_rel_close(z_last, running[:, -1], 1e-6, "final key sum")
 
 
 def test_zero_query_gives_zero_not_nan():

@@ -39,9 +39,23 @@ class Recorder:
 def test_interleaving_alternates_order():
     order: list[str] = []
     sessions = {"A": Recorder("A", order), "B": Recorder("B", order)}
-    times = time_interleaved(sessions, {"A": {}, "B": {}}, warmup=1, iters=4)
+    times = time_interleaved(sessions, {"A": {}, "B": {}}, warmup=1, iters=4, burst=1, switch_discard=0)
     assert order == ["A", "B"] + ["A", "B", "B", "A", "A", "B", "B", "A"]
     assert len(times["A"]) == len(times["B"]) == 4
+
+
+def test_bursts_skip_the_runs_after_a_switch():
+    """Default interleaving: per round, each session runs 2 untimed + up to 5 timed times, order rotating."""
+    order: list[str] = []
+    sessions = {"A": Recorder("A", order), "B": Recorder("B", order)}
+    times = time_interleaved(sessions, {"A": {}, "B": {}}, warmup=0, iters=7)
+    assert order == ["A"] * 7 + ["B"] * 7 + ["B"] * 4 + ["A"] * 4
+    assert len(times["A"]) == len(times["B"]) == 7
+    order.clear()
+    single = time_interleaved({"A": sessions["A"]}, {"A": {}}, warmup=0, iters=3)
+    assert order == ["A"] * 3 and len(single["A"]) == 3  # nothing to switch from: nothing discarded
+    with pytest.raises(InputError, match="burst"):
+        time_interleaved(sessions, {"A": {}, "B": {}}, burst=0)
     order.clear()
     time_interleaved(sessions, {"A": {}, "B": {}}, warmup=0, iters=2, interleave=False)
     assert order == ["A", "A", "B", "B"]
