@@ -53,3 +53,12 @@ def test_lm_quality_smoke(tmp_path):
     (row,) = results["rows"]
     assert row["variant"] == "gla:prepbn" and row["steps"] >= 1
     assert 0 < row["val_bpb"] < 16 and (out / "gla-prepbn" / "metrics.jsonl").is_file()
+
+
+def test_sla_pieces_smoke_on_cpu(tmp_path):
+    out = tmp_path / "pieces.json"
+    run("sla_pieces_gpu.py", "--smoke", "--device", "cpu", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["backend"] == "chunk" and [r["length"] for r in results["rows"]] == [64, 128]
+    pieces = ("numerator", "normalizer", "normalizer_outer", "causal_conv", "layer", "gla_layer")
+    assert all(r[p] > 0 for r in results["rows"] for p in pieces)
