@@ -10,6 +10,7 @@ from torch import nn
 
 from slab_edge.errors import InputError
 from slab_edge.layers.norms import ProgressiveNorm, RepBN, norm_affine
+from slab_edge.layers.reparam import absorb_into_following
 
 #: norm_type values the model builders accept.
 MODEL_NORM_TYPES = ("prepbn", "repbn", "layernorm")
@@ -127,3 +128,55 @@ def init_linear_trunc_normal(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+class PooledTokenClassifier(nn.Module):
+    """The classifier end shared by the hierarchical families (PVT, Swin, CSwin): a Linear head on the mean of
+    the last stage's tokens [B, N, C], with timm's classifier interface and the final-norm fold.
+
+    A subclass defines `forward_features` (x -> [B, N, C]) and sets `num_features`, `num_classes`,
+    `global_pool` ('avg' or ''), `head` and `norm` (nn.Identity when the family has no final norm).
+    Its blocks fold themselves; `reparameterize` here runs last (children first) and folds the final norm.
+    """
+
+    __jit_unused_properties__ = ["unfoldable_norms"]
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head. In a folded model the final norm lives in the head and is dropped with it."""
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """[B, N, C] -> logits [B, num_classes] (or pooled features [B, C] with pre_logits)."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @property
+    def unfoldable_norms(self) -> list[str]:
+        """Norms that cannot fold: LayerNorms (baseline), and the final norm when there is no classifier."""
+        names = unfoldable_norm_names(self)
+        if (
+            not isinstance(self.head, nn.Linear)
+            and not isinstance(self.norm, nn.Identity)
+            and "norm" not in names
+        ):
+            names.append("norm")
+        return names
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the final norm into the head (runs after the blocks: children first). Idempotent."""
+        if isinstance(self.head, nn.Linear) and absorb_into_following(self.norm, self.head):
+            self.norm = nn.Identity()

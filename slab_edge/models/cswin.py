@@ -43,7 +43,7 @@ from torch import nn
 
 from slab_edge.errors import InputError
 from slab_edge.layers.reparam import absorb_into_following, absorb_into_preceding
-from slab_edge.models._common import make_norm_layer, unfoldable_norm_names
+from slab_edge.models._common import PooledTokenClassifier, make_norm_layer
 from slab_edge.models._registry import register_slab_model
 from slab_edge.ops.sla import sla_core
 
@@ -301,7 +301,7 @@ def _check_image(x: torch.Tensor, in_chans: int, img_size: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------- model
-class SlabCSwinTransformer(nn.Module):
+class SlabCSwinTransformer(PooledTokenClassifier):
     """CSwin Transformer with SLA stages and progressive / re-parameterizable BatchNorm.
 
     Args:
@@ -429,20 +429,6 @@ class SlabCSwinTransformer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    __jit_unused_properties__ = ["unfoldable_norms"]
-
-    @property
-    def unfoldable_norms(self) -> list[str]:
-        """Norms that cannot fold: LayerNorms (baseline), and the final norm when there is no classifier."""
-        names = unfoldable_norm_names(self)
-        if (
-            not isinstance(self.head, nn.Linear)
-            and not isinstance(self.norm, nn.Identity)
-            and "norm" not in names
-        ):
-            names.append("norm")
-        return names
-
     def _stages(self) -> list[tuple[nn.Module, nn.Sequential]]:
         """(entry module, blocks) per stage: the conv embed, then merge1..merge3."""
         entries = [self.stage1_conv_embed, self.merge1, self.merge2, self.merge3]
@@ -472,19 +458,6 @@ class SlabCSwinTransformer(nn.Module):
         """Recompute block activations in backward (BatchNorm running statistics then update twice)."""
         self.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head. In a folded model the final norm lives in the head and is dropped with it."""
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> normalized tokens [B, N, C] of the last stage."""
         x = self.stage1_conv_embed(x)
@@ -496,15 +469,6 @@ class SlabCSwinTransformer(nn.Module):
         else:
             x = self.stage4(self.merge3(self.stage3(self.merge2(self.stage2(self.merge1(self.stage1(x)))))))
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """[B, N, C] -> logits [B, num_classes] (or pooled features [B, C] with pre_logits)."""
-        if self.global_pool == "avg":
-            x = x.mean(dim=1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
         self,
@@ -562,12 +526,6 @@ class SlabCSwinTransformer(nn.Module):
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Fold the final norm into the head (runs after the blocks: children first). Idempotent."""
-        if isinstance(self.head, nn.Linear) and absorb_into_following(self.norm, self.head):
-            self.norm = nn.Identity()
 
 
 # ----------------------------------------------------------------------------------------- cfgs & weights

@@ -49,6 +49,7 @@ from slab_edge.layers.reparam import absorb_into_following
 from slab_edge.layers.sla import SimplifiedLinearAttention
 from slab_edge.models._common import (
     ConvPatchEmbed,
+    PooledTokenClassifier,
     check_image_size,
     ensure_bias,
     init_linear_trunc_normal,
@@ -233,7 +234,7 @@ def _per_stage(value, name: str) -> tuple:
     return value
 
 
-class SlabPVT(nn.Module):
+class SlabPVT(PooledTokenClassifier):
     """Pyramid Vision Transformer (v1 layout) with SLAB options.
 
     Input [B, in_chans, H, W] at `img_size`; output logits [B, num_classes].
@@ -368,17 +369,6 @@ class SlabPVT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     @property
     def unfoldable_norms(self) -> list[str]:
         """Norms `reparameterize_model` may leave: LayerNorms only (norm_type='layernorm')."""
@@ -425,15 +415,6 @@ class SlabPVT(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C_in, H, W] -> stage-4 tokens [B, H/32 * W/32, C4] (PVT has no final norm)."""
         return self._run_stages(x)[0]
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """[B, N, C] -> logits [B, num_classes] (pre_logits: pooled features [B, C])."""
-        if self.global_pool == "avg":
-            x = x.mean(dim=1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
         self,
