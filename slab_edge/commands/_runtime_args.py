@@ -5,10 +5,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from slab_edge.errors import InputError
+
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backend")
     group.add_argument("--provider", default="cpu", help="ONNX Runtime: cpu | cuda | tensorrt (default: cpu)")
+    group.add_argument(
+        "--provider-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ONNX Runtime execution-provider option, repeatable (e.g. --provider cuda --provider-option "
+        "use_tf32=0 for exact fp32 GEMMs; device_id=1)",
+    )
     group.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     group.add_argument(
         "--graph-optimization",
@@ -28,14 +38,29 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_provider_options(items: list[str]) -> dict[str, str]:
+    """["use_tf32=0", ...] -> {"use_tf32": "0"} (ONNX Runtime takes provider option values as strings)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--provider-option must be KEY=VALUE, got {item!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
 def session_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
     """`load()` options for `model` from the shared flags (ONNX Runtime vs TensorRT)."""
     from slab_edge.runtime.session import backend_for
 
     if backend_for(model) == "onnxruntime":
-        return {
+        options = {
             "provider": args.provider,
             "threads": args.threads,
             "graph_optimization": args.graph_optimization,
         }
+        provider_options = parse_provider_options(getattr(args, "provider_option", []))
+        if provider_options:
+            options["provider_options"] = provider_options
+        return options
     return {"memory": args.memory, "device": args.device, "dla_core": args.dla_core}

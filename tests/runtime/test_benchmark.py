@@ -111,9 +111,26 @@ def test_cli_table(tiny_onnx, capsys):
         (["{m}", "{m}", "--names", "x", "x"], "distinct name"),
         (["{f}", "--batch", "2"], "fixed batch of 1"),
         (["{m}.missing.onnx"], "not found"),
+        (["{m}", "--provider-option", "use_tf32"], "--provider-option must be KEY=VALUE"),
     ],
 )
 def test_cli_errors(tiny_onnx, fixed_batch_onnx, capsys, extra, message):
     argv = [a.format(m=tiny_onnx, f=fixed_batch_onnx) for a in extra]
     assert cli.main(["bench", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_provider_options_reach_onnxruntime_load(tiny_onnx):
+    """--provider-option KEY=VALUE pairs become load()'s provider_options (ONNX Runtime models only)."""
+    import argparse
+
+    from slab_edge.commands._runtime_args import add_backend_arguments, session_options
+
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    args = parser.parse_args(
+        ["--provider", "cuda", "--provider-option", "use_tf32=0", "--provider-option", "device_id=1"]
+    )
+    assert session_options(args, str(tiny_onnx))["provider_options"] == {"use_tf32": "0", "device_id": "1"}
+    assert "provider_options" not in session_options(parser.parse_args([]), str(tiny_onnx))
+    assert "provider_options" not in session_options(args, "model.engine")
