@@ -1,11 +1,14 @@
 """Pure ONNX graph inspection and naming: op counts, SLA-core detection, scoped node names.
 
 Works on `onnx.ModelProto` only (no torch, no backend). The SLA core is found by its data flow, not by
-the exporter's naming, so every exporter and every model that calls `slab_edge.ops.sla.sla_core` is covered:
+the exporter's naming, so every exporter and every model that calls `slab_edge.ops.sla.sla_core` (or its
+channels-first form) is covered:
 
     numerator   = MatMul(Q, MatMul(Transpose(K), V))       linear order
                 | MatMul(MatMul(Q, Transpose(K)), V)       quadratic order
+                | MatMul(MatMul(Vt, K), Qt)                channels first (Vt, Qt, K from Transposes)
     denominator = Add(MatMul(Q, Transpose(ReduceSum(K))), eps)
+                | Add(MatMul(ReduceSum(K), Qt), eps)       channels first
     out         = Div(numerator, denominator)
 
 Found nodes are renamed `<scope>/sla_core/<name>`, so precision tools (fp16 block lists, INT8 exclusions,
