@@ -21,7 +21,7 @@ from slab_edge.export.graph import (
     tag_sla_cores,
     topological_sort,
 )
-from slab_edge.ops.sla import sla_core
+from slab_edge.ops.sla import sla_core, sla_core_channels_first
 
 
 def _value(name, elem=TensorProto.FLOAT, shape=(1, 2, 16, 4)):
@@ -93,19 +93,28 @@ class _Core(torch.nn.Module):
         return sla_core(torch.relu(q), torch.relu(k), v) * 2.0
 
 
+class _CoreChannelsFirst(torch.nn.Module):
+    """As SimplifiedLinearAttention.mix calls it: q and v transposed to channels first."""
+
+    def forward(self, q, k, v):
+        q_t, v_t = torch.relu(q).transpose(-2, -1), v.transpose(-2, -1)
+        return sla_core_channels_first(q_t, torch.relu(k), v_t) * 2.0
+
+
 @pytest.mark.filterwarnings("ignore")  # the TorchScript exporter's deprecation and tracer warnings
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 @pytest.mark.parametrize("tokens,dim", [(16, 4), (4, 16)], ids=["linear-order", "quadratic-order"])
-def test_exported_sla_core_is_found(exporter, tokens, dim):
-    """What torch.onnx really emits for slab_edge.ops.sla.sla_core: one core per call, MatMul-only."""
+@pytest.mark.parametrize("core", [_Core, _CoreChannelsFirst], ids=["tokens-first", "channels-first"])
+def test_exported_sla_core_is_found(exporter, tokens, dim, core):
+    """What torch.onnx really emits for both SLA core forms: one core per call, MatMul-only."""
     from slab_edge.export.onnx_export import finalize_graph
 
     x = torch.randn(1, 2, tokens, dim)
     if exporter == "dynamo":
-        proto = torch.onnx.export(_Core(), (x, x, x), dynamo=True, verbose=False).model_proto
+        proto = torch.onnx.export(core(), (x, x, x), dynamo=True, verbose=False).model_proto
     else:
         buffer = io.BytesIO()
-        torch.onnx.export(_Core(), (x, x, x), buffer, dynamo=False)
+        torch.onnx.export(core(), (x, x, x), buffer, dynamo=False)
         proto = onnx.load_from_string(buffer.getvalue())
     proto = finalize_graph(proto)
     assert len(find_sla_cores(proto)) == 1
