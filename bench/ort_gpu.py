@@ -1,7 +1,8 @@
 """ONNX Runtime CUDA EP check (issue 4, item 7): fp32 and fp16-mixed exports of a zoo model on the GPU.
 
 Prints parity vs torch on the same GPU (TF32 off for the fp32 reference) and median latency at two batch
-sizes, host copies included (session.run on numpy arrays, the way the runtime uses it). Needs onnxruntime-gpu.
+sizes, host copies included; the fp32 file runs twice, with the CUDA EP's default TF32 GEMMs and with
+use_tf32=0 (session.run on numpy arrays, the way the runtime uses it). Needs onnxruntime-gpu.
 
     python bench/ort_gpu.py --model slab_deit_tiny_patch16_224 --out runs/ort_gpu.json
 """
@@ -57,10 +58,13 @@ def main() -> None:
         # export on the CPU (the exporter traces with a CPU example), then move the reference to the GPU
         export_model(prepared, path, precisions=["fp32", "fp16"], parity=False)
         model = prepared.model.eval().to(args.device)
-        files = {"fp32": path, "fp16": path.with_name("model.fp16.onnx")}
+        # the CUDA EP runs fp32 GEMMs in TF32 by default: time and check both ways
+        variants = {"fp32": (path, {}), "fp16": (path.with_name("model.fp16.onnx"), {})}
+        if cuda:
+            variants["fp32_no_tf32"] = (path, {"use_tf32": "0"})
         size = prepared.data_config["input_size"]
-        for precision, file in files.items():
-            sess = rt.load(file, provider=args.device)
+        for precision, (file, provider_options) in variants.items():
+            sess = rt.load(file, provider=args.device, provider_options=provider_options or None)
             name = sess.inputs[0].name
             row = {"providers": sess.providers if hasattr(sess, "providers") else "cuda"}
             for batch in args.batches:

@@ -1,6 +1,6 @@
-"""Smoke runs of the LM benchmark scripts (tiny sizes, few iterations): they run end to end and write JSON.
+"""Smoke runs of the benchmark scripts (tiny sizes, few iterations): they run end to end and write JSON.
 
-The numbers they produce here mean nothing (shared, loaded machine); the real runs are the lead's.
+The numbers they produce here mean nothing (tiny sizes); the real runs and their results are in bench/README.md.
 """
 
 from __future__ import annotations
@@ -62,3 +62,12 @@ def test_sla_pieces_smoke_on_cpu(tmp_path):
     assert results["backend"] == "chunk" and [r["length"] for r in results["rows"]] == [64, 128]
     pieces = ("numerator", "normalizer", "normalizer_outer", "causal_conv", "layer", "gla_layer")
     assert all(r[p] > 0 for r in results["rows"] for p in pieces)
+
+
+def test_ort_gpu_pipeline_on_cpu(tmp_path):
+    """bench/ort_gpu.py end to end on the CPU provider (the GPU run needs onnxruntime-gpu and a GPU)."""
+    out = tmp_path / "ort.json"
+    run("ort_gpu.py", "--device", "cpu", "--iters", "1", "--batches", "1", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert set(results) >= {"fp32", "fp16", "torch_fp32_eager"} and "fp32_no_tf32" not in results
+    assert results["fp32"]["bs1"]["max_abs_err"] <= 1e-4 and results["fp32"]["bs1"]["top1_agree"] == 1.0
