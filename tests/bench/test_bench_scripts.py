@@ -1,6 +1,6 @@
 """Smoke runs of the benchmark scripts (tiny sizes, few iterations): they run end to end and write JSON.
 
-The numbers they produce here mean nothing (tiny sizes); the real runs and their results are in bench/README.md.
+The numbers they produce here mean nothing (tiny sizes); the real runs and results are in bench/README.md.
 """
 
 from __future__ import annotations
@@ -71,3 +71,17 @@ def test_ort_gpu_pipeline_on_cpu(tmp_path):
     results = json.loads(out.read_text())
     assert set(results) >= {"fp32", "fp16", "torch_fp32_eager"} and "fp32_no_tf32" not in results
     assert results["fp32"]["bs1"]["max_abs_err"] <= 1e-4 and results["fp32"]["bs1"]["top1_agree"] == 1.0
+
+
+def test_vision_suite_smoke(tmp_path):
+    """bench/vision_suite.py --smoke: one-block models at 224/256, export, torch-free timing, plot, JSON."""
+    out = tmp_path / "vision"
+    proc = run("vision_suite.py", "--smoke", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    assert (out / "latency_vs_resolution.png").stat().st_size > 0
+    assert "SLAB-DeiT-T / DeiT-T latency" in proc.stdout
+    assert [r["img_size"] for r in results["resolution"]] == [224, 256]
+    row = results["resolution"][0]
+    assert row["slab"]["iters"] == row["deit"]["iters"] == 2 and row["latency_ratio_p50"] > 0
+    assert 0 < row["flop_ratio"] < 1  # SLA's counted FLOPs below softmax attention's at 224
+    assert {"slab", "deit", "gemm_ceiling_gflops"} <= set(results["gflops_bs8_224"])
