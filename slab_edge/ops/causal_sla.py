@@ -228,10 +228,11 @@ def causal_normalizer(
     Returns:
         den [B, T, H, 1] float32; z [B, H, K] float32.
 
-    The key sum runs along the last axis of a [B, H, K, T] copy: CUDA's cumsum scans the innermost axis with
-    whole thread blocks but an outer axis with one thread per column walking all T steps in sequence (and
-    the backward is the same scan reversed), which starves the GPU at B = 1, T = 16k. It is the suspected
-    cause of SLA's training throughput falling with T on the H200 (bench/README.md); not yet re-measured.
+    The key sum runs along the last axis of a [B, H, K, T] copy: PyTorch's CUDA cumsum scans the innermost
+    axis with whole thread blocks, but an outer axis with one thread per column walking all T steps in
+    sequence, in B x ceil(H*K / 512) blocks (ATen's scan_outer_dim; the backward is the same scan reversed):
+    2 blocks at B = 1, T = 16k. It is the suspected cause of SLA's training throughput falling with T on the
+    H200 (bench/README.md); not yet re-measured.
     """
     z = k.float().movedim(1, -1).cumsum(-1).movedim(-1, 1)  # [B, T, H, K]
     if z0 is not None:
