@@ -112,7 +112,7 @@ def median_ms(times: list[float]) -> float:
 
 
 def time_all(args, out: Path) -> dict[str, Any]:
-    from slab_edge.runtime.benchmark import machine_info, time_interleaved
+    from slab_edge.runtime.benchmark import BURST, SWITCH_DISCARD, machine_info, time_interleaved
     from slab_edge.runtime.session import load
 
     exports = json.loads((out / "exports.json").read_text())
@@ -120,6 +120,7 @@ def time_all(args, out: Path) -> dict[str, Any]:
         "machine": machine_info(),
         "threads": args.threads,
         "iters": args.iters,
+        "interleave": {"burst": BURST, "switch_discard": SWITCH_DISCARD},
         "contexts": args.contexts,
         "decode": {},
         "norm": {},

@@ -192,7 +192,14 @@ def gemm_rates(threads: int, iters: int) -> dict[str, float]:
 
 def phase_time(args: argparse.Namespace) -> dict[str, Any]:
     from slab_edge.io import atomic_write_json
-    from slab_edge.runtime.benchmark import LatencyStats, machine_info, peak_rss_mb, time_interleaved
+    from slab_edge.runtime.benchmark import (
+        BURST,
+        SWITCH_DISCARD,
+        LatencyStats,
+        machine_info,
+        peak_rss_mb,
+        time_interleaved,
+    )
     from slab_edge.runtime.session import load
 
     out = Path(args.out)
@@ -268,6 +275,7 @@ def phase_time(args: argparse.Namespace) -> dict[str, Any]:
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
     results["exports"] = manifest["exports"]
     results["config"] = {k: v for k, v in vars(args).items() if k not in ("phase",)}
+    results["config"]["interleave"] = {"burst": BURST, "switch_discard": SWITCH_DISCARD}
     atomic_write_json(out / "results.json", results)
     plot(results, out / "latency_vs_resolution.png")
     print(format_results(results))
