@@ -10,6 +10,7 @@ token mixer alone at slab-lm-350m's shape (C 1024, 8 heads of 128), bf16 inputs,
   normalizer_outer   the same sum along T in place (the form the H200 run used): CUDA scans an outer axis
                      with one thread per column
   causal_conv        causal_conv1d: depthwise Conv1d (W 4) over time on v
+  fla_causal_conv    fla's Triton causal_conv1d on the same input (with fla only), and its max |diff| to ours
   layer              the whole CausalSimplifiedLinearAttention (qkv, the above, proj)
   gla_layer          GatedLinearAttention at the same width, for comparison
 
@@ -117,7 +118,21 @@ def main(argv=None) -> int:
                 (x,),
             ),
         }
+        if mode == "fla":
+            # fla's Triton causal conv ([B, T, D] in place, weight [D, W]): a candidate replacement
+            from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d
+
+            weight_dw = sla.dwc.weight.to(dtype).reshape(args.dim, -1)
+            pieces["fla_causal_conv"] = (
+                lambda x, w=weight_dw: fla_causal_conv1d(x, w, sla.dwc.bias.to(dtype))[0],
+                (x,),
+            )
         row = {"length": length, "batch": batch}
+        if "fla_causal_conv" in pieces:
+            with torch.no_grad():
+                ours = pieces["causal_conv"][0](x).float()
+                theirs = pieces["fla_causal_conv"][0](x).float()
+            row["fla_conv_max_abs_diff"] = float((ours - theirs).abs().max())
         for name, (fn, inputs) in pieces.items():
             row[name] = time_fwd_bwd(fn, inputs, device, args.iters, args.warmup)
         with torch.autocast(device_type=device.type, dtype=dtype):
@@ -125,7 +140,7 @@ def main(argv=None) -> int:
             row["gla_layer"] = time_fwd_bwd(lambda x: gla(x)[0], (x,), device, args.iters, args.warmup)
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
-    names = [n for n in results["rows"][0] if n not in ("length", "batch")]
+    names = [n for n in results["rows"][0] if n not in ("length", "batch", "fla_conv_max_abs_diff")]
     print(f"causal SLA pieces, fwd + bwd median ms, {args.tokens} tokens, C {args.dim}, {heads} heads, "
           f"backend {mode}, {results['device']}")  # fmt: skip
     print(f"{'T':>6} {'B':>3} " + " ".join(f"{n:>16}" for n in names))
