@@ -122,9 +122,10 @@ def main(argv=None) -> int:
             # fla's Triton causal conv ([B, T, D] in place, weight [D, W]): a candidate replacement
             from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d
 
-            weight_dw = sla.dwc.weight.to(dtype).reshape(args.dim, -1)
             pieces["fla_causal_conv"] = (
-                lambda x, w=weight_dw: fla_causal_conv1d(x, w, sla.dwc.bias.to(dtype))[0],
+                lambda x: fla_causal_conv1d(
+                    x, sla.dwc.weight.to(dtype).reshape(args.dim, -1), sla.dwc.bias.to(dtype)
+                )[0],
                 (x,),
             )
         row = {"length": length, "batch": batch}
