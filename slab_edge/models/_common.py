@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Tuple  # noqa: UP035  TorchScript reads typing.Tuple, not tuple[...] strings
 
 import torch
+from timm.layers import DropPath, Mlp
 from torch import nn
 
 from slab_edge.errors import InputError
@@ -180,3 +182,56 @@ class PooledTokenClassifier(nn.Module):
         """Fold the final norm into the head (runs after the blocks: children first). Idempotent."""
         if isinstance(self.head, nn.Linear) and absorb_into_following(self.norm, self.head):
             self.norm = nn.Identity()
+
+
+class PreNormBlock(nn.Module):
+    """Pre-norm transformer block on a token grid: x + attn(norm1(x), hw), then x + mlp(norm2(x)).
+    [B, N, C] -> [B, N, C]. Shared by DeiT and PVT; the family builds the attention.
+
+    `reparameterize()` folds norm1 into the attention's input projection(s) (`absorb_norm1`, which an
+    attention without `input_linear` overrides through its own `absorb_input_norm`) and norm2 into mlp.fc1.
+
+    Args:
+        dim: C.
+        attn: the token mixer, called as attn(x, hw).
+        mlp_ratio, proj_drop, drop_path: MLP width ratio, dropout, stochastic depth.
+        norm_layer, norm_type, deploy: as make_norm_layer / norm_or_identity.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        attn: nn.Module,
+        mlp_ratio: float = 4.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer=nn.LayerNorm,
+        norm_type: str = "prepbn",
+        deploy: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_or_identity(norm_layer, dim, norm_type, deploy)
+        self.attn = attn
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_or_identity(norm_layer, dim, norm_type, deploy)
+        self.mlp = Mlp(
+            in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop
+        )
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:  # noqa: UP006  (TorchScript)
+        x = x + self.drop_path1(self.attn(self.norm1(x), hw))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if is_foldable(self.norm1):
+            if hasattr(self.attn, "absorb_input_norm"):
+                self.attn.absorb_input_norm(self.norm1)
+            else:
+                for layer in self.attn.input_linear:
+                    absorb_into_following(self.norm1, layer)
+            self.norm1 = nn.Identity()
+        if is_foldable(self.norm2):
+            absorb_into_following(self.norm2, self.mlp.fc1)
+            self.norm2 = nn.Identity()

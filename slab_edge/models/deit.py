@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -48,6 +47,7 @@ from slab_edge.layers.reparam import absorb_into_following
 from slab_edge.layers.sla import SimplifiedLinearAttention
 from slab_edge.models._common import (
     ConvPatchEmbed,
+    PreNormBlock,
     check_image_size,
     ensure_bias,
     init_linear_trunc_normal,
@@ -93,8 +93,8 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)). [B, N, C] -> [B, N, C].
+class Block(PreNormBlock):
+    """DeiT block: SLA (or timm's softmax Attention) in a pre-norm block. [B, N, C] -> [B, N, C].
 
     `reparameterize()` folds norm1 into the attention input projection(s) and norm2 into mlp.fc1.
     """
@@ -116,10 +116,8 @@ class Block(nn.Module):
         dynamic_img_size: bool = False,
         deploy: bool = False,
     ) -> None:
-        super().__init__()
-        self.norm1 = norm_or_identity(norm_layer, dim, norm_type, deploy)
         if attn_type == "sla":
-            self.attn = SimplifiedLinearAttention(
+            attn = SimplifiedLinearAttention(
                 dim,
                 num_heads,
                 grid_size,
@@ -129,32 +127,13 @@ class Block(nn.Module):
                 dynamic_size=dynamic_img_size,
             )
         elif attn_type == "softmax":
-            self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+            attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         else:
             raise ValueError(f"attn_type must be 'sla' or 'softmax', got {attn_type!r}")
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_or_identity(norm_layer, dim, norm_type, deploy)
-        self.mlp = Mlp(
-            in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop
-        )
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        super().__init__(dim, attn, mlp_ratio, proj_drop, drop_path, norm_layer, norm_type, deploy)
         if deploy and norm_type != "layernorm":
             for layer in self.attn.input_linear:
                 ensure_bias(layer)
-
-    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:  # noqa: UP006  (TorchScript)
-        x = x + self.drop_path1(self.attn(self.norm1(x), hw))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if is_foldable(self.norm1):
-            for layer in self.attn.input_linear:
-                absorb_into_following(self.norm1, layer)
-            self.norm1 = nn.Identity()
-        if is_foldable(self.norm2):
-            absorb_into_following(self.norm2, self.mlp.fc1)
-            self.norm2 = nn.Identity()
 
 
 class SlabDeiT(nn.Module):

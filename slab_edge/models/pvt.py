@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -50,6 +49,7 @@ from slab_edge.layers.sla import SimplifiedLinearAttention
 from slab_edge.models._common import (
     ConvPatchEmbed,
     PooledTokenClassifier,
+    PreNormBlock,
     check_image_size,
     ensure_bias,
     init_linear_trunc_normal,
@@ -158,8 +158,9 @@ class SpatialReductionAttention(nn.Module):
             self.norm = nn.Identity()
 
 
-class Block(nn.Module):
-    """PVT block on an (H, W) token grid: x + attn(norm1(x)), x + mlp(norm2(x)). [B, N, C] -> [B, N, C]."""
+class Block(PreNormBlock):
+    """PVT block on an (H, W) token grid: SLA ('L') or spatial-reduction attention ('S') in a pre-norm block.
+    [B, N, C] -> [B, N, C]."""
 
     def __init__(
         self,
@@ -179,10 +180,8 @@ class Block(nn.Module):
         dynamic_img_size: bool = False,
         deploy: bool = False,
     ) -> None:
-        super().__init__()
-        self.norm1 = norm_or_identity(norm_layer, dim, norm_type, deploy)
         if attn_type == "L":
-            self.attn = SimplifiedLinearAttention(
+            attn = SimplifiedLinearAttention(
                 dim,
                 num_heads,
                 grid_size,
@@ -193,38 +192,16 @@ class Block(nn.Module):
                 dynamic_size=dynamic_img_size,
             )
         elif attn_type == "S":
-            self.attn = SpatialReductionAttention(
+            attn = SpatialReductionAttention(
                 dim, num_heads, qkv_bias, attn_drop, proj_drop, sr_ratio, norm_layer, norm_type, deploy
             )
         else:
             raise ValueError(f"attention type must be 'L' (SLA) or 'S' (softmax), got {attn_type!r}")
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_or_identity(norm_layer, dim, norm_type, deploy)
-        self.mlp = Mlp(
-            in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop
-        )
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        super().__init__(dim, attn, mlp_ratio, proj_drop, drop_path, norm_layer, norm_type, deploy)
         if deploy and norm_type != "layernorm":
             ensure_bias(self.attn.q)
             if attn_type == "L" or sr_ratio == 1:
                 ensure_bias(self.attn.kv)
-
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x), hw))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if is_foldable(self.norm1):
-            if isinstance(self.attn, SpatialReductionAttention):
-                self.attn.absorb_input_norm(self.norm1)
-            else:
-                for layer in self.attn.input_linear:
-                    absorb_into_following(self.norm1, layer)
-            self.norm1 = nn.Identity()
-        if is_foldable(self.norm2):
-            absorb_into_following(self.norm2, self.mlp.fc1)
-            self.norm2 = nn.Identity()
 
 
 def _per_stage(value, name: str) -> tuple:
