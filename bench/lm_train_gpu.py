@@ -168,7 +168,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench-lm-train-gpu"))
     p.add_argument("--size", default="350m", help="slab-lm config (tiny | 125m | 350m)")
     p.add_argument("--attentions", nargs="+", default=["softmax", "gla", "sla"])
-    p.add_argument("--lengths", nargs="+", type=int, default=[2048, 8192, 16384])
+    p.add_argument(
+        "--lengths", nargs="+", type=int, default=[8192, 16384, 2048], help="the goal lengths first"
+    )
     p.add_argument("--tokens-per-step", type=int, default=16384)
     p.add_argument("--norm", default="rmsnorm", help="rmsnorm | prepbn (training cost of both branches)")
     p.add_argument("--warmup", type=int, default=3)
