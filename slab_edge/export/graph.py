@@ -18,6 +18,7 @@ TensorRT 10 precision constraints) select them by name.
 from __future__ import annotations
 
 import ast
+import math
 from collections import Counter
 from collections.abc import Iterable
 
@@ -297,23 +298,23 @@ def remove_fp16_round_trips(model) -> int:
     return removed
 
 
-def _scalar_value(name: str, graph) -> float | None:
-    """The value of a one-element initializer or Constant called `name`, else None."""
+def _scalar_constants(graph) -> dict[str, float]:
+    """{name: value} of the graph's one-element initializers and Constant outputs."""
     from onnx import numpy_helper
 
+    values: dict[str, float] = {}
     for init in graph.initializer:
-        if init.name == name:
-            arr = numpy_helper.to_array(init)
-            return float(arr.reshape(-1)[0]) if arr.size == 1 else None
+        if math.prod(init.dims) == 1:
+            values[init.name] = float(numpy_helper.to_array(init).reshape(-1)[0])
     for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    arr = numpy_helper.to_array(attr.t)
-                    return float(arr.reshape(-1)[0]) if arr.size == 1 else None
-                if attr.name == "value_float":
-                    return attr.f
-    return None
+        if node.op_type != "Constant":
+            continue
+        for attr in node.attribute:
+            if attr.name == "value" and math.prod(attr.t.dims) == 1:
+                values[node.output[0]] = float(numpy_helper.to_array(attr.t).reshape(-1)[0])
+            elif attr.name == "value_float":
+                values[node.output[0]] = attr.f
+    return values
 
 
 def _other_input(node, name: str) -> str | None:
@@ -331,6 +332,7 @@ def reorder_erf_gelu(model) -> int:
     """
     graph = model.graph
     producers = _producers(graph)
+    scalars = _scalar_constants(graph)
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -344,15 +346,15 @@ def reorder_erf_gelu(model) -> int:
         if div is None or div.op_type != "Div" or add is None or add.op_type != "Add":
             continue
         x = div.input[0]
-        if not close(_scalar_value(div.input[1], graph), 2**0.5):
+        if not close(scalars.get(div.input[1]), 2**0.5):
             continue
-        if not close(_scalar_value(_other_input(add, erf.output[0]) or "", graph), 1.0):
+        if not close(scalars.get(_other_input(add, erf.output[0]) or ""), 1.0):
             continue
         half = only(add.output[0])
         if half is None or half.op_type != "Mul":
             continue
         half_const = _other_input(half, add.output[0])
-        if not close(_scalar_value(half_const or "", graph), 0.5):
+        if not close(scalars.get(half_const or ""), 0.5):
             continue
         final = only(half.output[0])
         if final is None or final.op_type != "Mul" or _other_input(final, half.output[0]) != x:
