@@ -165,6 +165,12 @@ class PooledTokenClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def _to_nchw(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Stage tokens [B, N, C] -> feature map [B, C, R, R] on the square grid `stage_resolutions[stage]`
+        (families with square stage grids: Swin, CSwin)."""
+        res = self.stage_resolutions[stage]
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], res, res)
+
     @property
     def unfoldable_norms(self) -> list[str]:
         """Norms that cannot fold: LayerNorms (baseline), and the final norm when there is no classifier."""

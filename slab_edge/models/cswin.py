@@ -501,9 +501,7 @@ class SlabCSwinTransformer(PooledTokenClassifier):
             for blk in blocks:
                 x = blk(x)
             if i in take:
-                y = self.norm(x) if norm and i == 3 else x
-                res = self.stage_resolutions[i]
-                intermediates.append(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], res, res))
+                intermediates.append(self._to_nchw(self.norm(x) if norm and i == 3 else x, i))
         if intermediates_only:
             return intermediates
         if len(stages) == 4:

@@ -488,10 +488,6 @@ class SlabSwinTransformer(PooledTokenClassifier):
         x = self.layers(x)
         return self.norm(x)
 
-    def _to_nchw(self, x: torch.Tensor, stage: int) -> torch.Tensor:
-        res = self.stage_resolutions[stage]
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], res, res)
-
     def forward_intermediates(
         self,
         x: torch.Tensor,
