@@ -333,30 +333,37 @@ def reorder_erf_gelu(model) -> int:
     graph = model.graph
     producers = _producers(graph)
     scalars = _scalar_constants(graph)
-    consumers: dict[str, list] = {}
+    readers: dict[str, list] = {}  # tensor -> the nodes reading it, and None for a graph output
     for node in graph.node:
         for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    only = lambda name: consumers.get(name, [None])[0] if len(consumers.get(name, [])) == 1 else None
+            readers.setdefault(name, []).append(node)
+    for out in graph.output:
+        readers.setdefault(out.name, []).append(None)
+
+    def only_reader(name: str):
+        """The node that alone reads `name` (None if several, none, or the graph output reads it)."""
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 else None
+
     close = lambda value, target: value is not None and abs(value - target) < 1e-6 * abs(target)
     rewritten = 0
     for erf in [n for n in graph.node if n.op_type == "Erf"]:
         div = producers.get(erf.input[0])
-        add = only(erf.output[0])
+        add = only_reader(erf.output[0])
         if div is None or div.op_type != "Div" or add is None or add.op_type != "Add":
             continue
         x = div.input[0]
         if not close(scalars.get(div.input[1]), 2**0.5):
             continue
-        if not close(scalars.get(_other_input(add, erf.output[0]) or ""), 1.0):
+        if not close(scalars.get(_other_input(add, erf.output[0])), 1.0):
             continue
-        half = only(add.output[0])
+        half = only_reader(add.output[0])
         if half is None or half.op_type != "Mul":
             continue
         half_const = _other_input(half, add.output[0])
-        if not close(scalars.get(half_const or ""), 0.5):
+        if not close(scalars.get(half_const), 0.5):
             continue
-        final = only(half.output[0])
+        final = only_reader(half.output[0])
         if final is None or final.op_type != "Mul" or _other_input(final, half.output[0]) != x:
             continue
         # half: 0.5 * add -> x * add ; final: x * half -> half * 0.5 (same output name as before)

@@ -246,7 +246,7 @@ def test_reorder_erf_gelu_is_exact_and_lets_onnxruntime_fuse(exporter, tmp_path)
 
 
 def test_reorder_erf_gelu_leaves_other_erf_graphs_alone():
-    """An Erf chain with other constants (not GELU) is not touched."""
+    """An Erf chain with other constants (not GELU), or with a graph output inside, is not touched."""
     v = lambda n: _value(n, TensorProto.FLOAT, (2,))
     nodes = [
         helper.make_node("Div", ["x", "c3"], ["d"]),
@@ -263,5 +263,9 @@ def test_reorder_erf_gelu_leaves_other_erf_graphs_alone():
     model = helper.make_model(helper.make_graph(nodes, "g", [v("x")], [v("y")], initializer=inits))
     assert reorder_erf_gelu(model) == 0
     model.graph.initializer[0].float_data[:] = [2**0.5]
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(v("m"))  # 0.5 * (erf + 1) is itself a graph output: must keep its value
+    assert reorder_erf_gelu(exposed) == 0
     assert reorder_erf_gelu(model) == 1
     assert [list(n.input) for n in model.graph.node][3:] == [["x", "a"], ["m", "half"]]
