@@ -59,7 +59,7 @@ def session_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
             "threads": args.threads,
             "graph_optimization": args.graph_optimization,
         }
-        provider_options = parse_provider_options(getattr(args, "provider_option", []))
+        provider_options = parse_provider_options(args.provider_option)
         if provider_options:
             options["provider_options"] = provider_options
         return options
