@@ -38,3 +38,12 @@ def randomize_norm_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
         elif isinstance(module, RepBN):
             module.alpha.copy_(torch.rand(1, generator=g) + 0.5)
     return model
+
+
+@torch.no_grad()
+def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
+    """Draw every parameter (biases and norm weights included) from N(0, std), in place, from torch's
+    global generator: layer tests then exercise every term, not the init's zeros and ones. Returns module."""
+    for p in module.parameters():
+        p.normal_(0, std)
+    return module

@@ -9,15 +9,14 @@ import torch.nn.functional as F
 
 from slab_edge.layers.causal_sla import CausalSimplifiedLinearAttention
 from slab_edge.ops.backend import resolve_mode
+from slab_edge.testing import randomize_parameters
 
 
 def make_layer(dim=32, heads=4, conv_size=4, seed=0) -> CausalSimplifiedLinearAttention:
     torch.manual_seed(seed)
-    layer = CausalSimplifiedLinearAttention(dim, heads, conv_size=conv_size, qkv_bias=True, proj_bias=True)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(0, 0.3)
-    return layer
+    return randomize_parameters(
+        CausalSimplifiedLinearAttention(dim, heads, conv_size=conv_size, qkv_bias=True, proj_bias=True)
+    )
 
 
 def layer_reference(layer: CausalSimplifiedLinearAttention, x: torch.Tensor) -> torch.Tensor:

@@ -8,15 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from slab_edge.layers.gla import GatedLinearAttention
+from slab_edge.testing import randomize_parameters
 
 
 def make_layer(dim=32, heads=4, seed=0) -> GatedLinearAttention:
     torch.manual_seed(seed)
-    layer = GatedLinearAttention(dim, num_heads=heads, qkv_bias=True)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(0, 0.3)
-    return layer
+    return randomize_parameters(GatedLinearAttention(dim, num_heads=heads, qkv_bias=True))
 
 
 def layer_reference(layer: GatedLinearAttention, x: torch.Tensor) -> torch.Tensor:

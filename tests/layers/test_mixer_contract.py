@@ -9,6 +9,7 @@ import torch
 
 from slab_edge.layers.causal_sla import CausalSimplifiedLinearAttention
 from slab_edge.layers.gla import GatedLinearAttention
+from slab_edge.testing import randomize_parameters
 
 MIXERS = {
     "causal_sla": lambda: CausalSimplifiedLinearAttention(32, 4, conv_size=4, qkv_bias=True, proj_bias=True),
@@ -20,11 +21,7 @@ MIXERS = {
 def layer(request):
     """A mixer of width 32 with every parameter drawn from N(0, 0.3) (biases and norms included)."""
     torch.manual_seed(0)
-    mixer = MIXERS[request.param]()
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.normal_(0, 0.3)
-    return mixer
+    return randomize_parameters(MIXERS[request.param]())
 
 
 @pytest.mark.parametrize("prefix", [1, 3, 64, 70], ids=lambda p: f"prefix{p}")
