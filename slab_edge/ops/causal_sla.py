@@ -195,8 +195,8 @@ def causal_linear_attn_fla(
     1e-10 and divided by `scale`, the key cumsum is rounded to the input dtype (bf16 in mixed precision),
     and the normalizer state travels as a separate `[B, 1, H, K]` tuple member. To get exactly our semantics
     (eps added to q . z, z in float32, z carried as [B, H, K]) we call it with `scale=1.0, normalize=False`,
-    which returns the plain numerator q_t S_t, and divide by causal_normalizer(...) ourselves; the extra cost
-    is one cumulative sum over [B, T, H, K]. Shapes and returns as causal_linear_attn_chunk.
+    which returns the plain numerator q_t S_t, and divide by causal_normalizer_fla(...) ourselves; the extra
+    cost is one float32 cumulative sum over [B, T, H, K]. Shapes and returns as causal_linear_attn_chunk.
     """
     from fla.ops.linear_attn import chunk_linear_attn
 
@@ -211,7 +211,7 @@ def causal_linear_attn_fla(
         normalize=False,
     )
     with torch.autocast(device_type=q.device.type, enabled=False):
-        den, z_last = causal_normalizer(q, k, z0, eps)
+        den, z_last = causal_normalizer_fla(q, k, z0, eps)
         out = (num.float() / den).to(v.dtype)
     final = (s_final, z_last) if output_final_state else None
     return out, final
@@ -228,17 +228,69 @@ def causal_normalizer(
     Returns:
         den [B, T, H, 1] float32; z [B, H, K] float32.
 
-    The key sum runs along the last axis of a [B, H, K, T] copy: PyTorch's CUDA cumsum scans the innermost
-    axis with whole thread blocks, but an outer axis with one thread per column walking all T steps in
-    sequence, in B x ceil(H*K / 512) blocks (ATen's scan_outer_dim; the backward is the same scan reversed):
-    2 blocks at B = 1, T = 16k. It is the suspected cause of SLA's training throughput falling with T on the
-    H200 (bench/README.md); not yet re-measured.
+    PyTorch form (any device; the reference for causal_normalizer_fla). The key sum runs along the last axis
+    of a [B, H, K, T] copy: PyTorch's CUDA cumsum scans an outer axis with one thread per column walking all
+    T steps (ATen's scan_outer_dim), which made SLA's training 2x slower at T = 16k on the H200.
     """
     z = k.float().movedim(1, -1).cumsum(-1).movedim(-1, 1)  # [B, T, H, K]
     if z0 is not None:
         z = z + z0.float().unsqueeze(1)
     den = (q.float() * z).sum(-1, keepdim=True) + eps  # [B, T, H, 1]
     return den, z[:, -1]
+
+
+def causal_normalizer_fla(
+    q: torch.Tensor, k: torch.Tensor, z0: torch.Tensor | None, eps: float, scan=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """causal_normalizer on CUDA with fla's Triton scan along T (float32 accumulation), forward and backward.
+
+    Same arguments and returns; `scan(x, reverse)` replaces fla's scan (tests run the same autograd maths on
+    CPU with time_scan). Reads k in its own dtype, without the float32 copy and transposes of the PyTorch
+    form: on the H200 the denominator's forward + backward costs a fraction of it (bench/sla_pieces_gpu.py).
+    """
+    qz, z_last = _KeySumDot.apply(q, k, scan or _fla_time_scan)
+    if z0 is not None:
+        z0 = z0.to(qz.dtype)
+        qz = qz + (q.to(qz.dtype) * z0.unsqueeze(1)).sum(-1, keepdim=True)
+        z_last = z_last + z0
+    return qz + eps, z_last
+
+
+def time_scan(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Inclusive cumulative sum along T of x [B, T, H, K] (reversed: suffix sums), in the compute dtype."""
+    x = x.to(_compute_dtype(x.dtype))
+    return x.flip(1).cumsum(1).flip(1) if reverse else x.cumsum(1)
+
+
+def _fla_time_scan(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """time_scan through fla's chunk_global_cumsum (Triton, float32 out, any input dtype)."""
+    from fla.ops.utils import chunk_global_cumsum
+
+    return chunk_global_cumsum(x, reverse=reverse, output_dtype=_compute_dtype(x.dtype))
+
+
+class _KeySumDot(torch.autograd.Function):
+    """(q . z_t [B, T, H, 1], z_T [B, H, K]) with z_t = sum_{s<=t} k_s, for q, k [B, T, H, K], via scan().
+
+    Float32 (float64 stays float64). Backward: dq_t = dqz_t z_t; dk_s = sum_{t>=s} dqz_t q_t (+ dz_T): one
+    reverse scan. Saves q and z; no [B, H, K, T] copies.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, scan) -> tuple[torch.Tensor, torch.Tensor]:
+        z = scan(k, False)  # [B, T, H, K]
+        ctx.save_for_backward(q, z)
+        ctx.scan, ctx.k_dtype = scan, k.dtype
+        return (q.to(z.dtype) * z).sum(-1, keepdim=True), z[:, -1]
+
+    @staticmethod
+    def backward(ctx, dqz: torch.Tensor, dz_last: torch.Tensor):
+        q, z = ctx.saved_tensors
+        dq = (dqz * z).to(q.dtype)
+        dz = dqz * q.to(z.dtype)  # [B, T, H, K]: the gradient reaching each running sum z_t
+        dz[:, -1] += dz_last
+        dk = ctx.scan(dz, True).to(ctx.k_dtype)
+        return dq, dk, None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from slab_edge.ops.backend import fla_available
-from slab_edge.ops.causal_sla import causal_linear_attn_chunk, causal_linear_attn_fla
+from slab_edge.ops.causal_sla import (
+    causal_linear_attn_chunk,
+    causal_linear_attn_fla,
+    causal_normalizer,
+    causal_normalizer_fla,
+)
 from slab_edge.ops.gla import gla_chunk, gla_fla, gla_gate
 
 pytestmark = pytest.mark.gpu
@@ -125,6 +130,30 @@ def test_chunk_linear_attn_matches_pytorch_chunk(shape, dtype):
         dtype,
         ["q", "k", "v", "h0", "z0"],
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 4096, 8, 128), (3, 300, 2, 64)], ids=["B1-T4096", "B3-T300"])
+def test_fla_scan_normalizer_matches_pytorch_form(shape, dtype):
+    """causal_normalizer_fla (fla scans forward and reverse) == causal_normalizer, gradients too."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k = (F.relu(torch.randn(*shape, device="cuda", generator=gen)).to(dtype) for _ in range(2))
+    z0 = torch.rand(shape[0], shape[2], shape[3], device="cuda", generator=gen)
+    results = []
+    for fn in (causal_normalizer_fla, causal_normalizer):
+        leaves = [x.detach().requires_grad_() for x in (q, k, z0)]
+        den, z_last = fn(*leaves, 1e-6)
+        assert den.dtype == z_last.dtype == torch.float32
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        loss = (den * torch.randn(den.shape, device="cuda", generator=gen)).sum() + z_last.square().sum()
+        results.append((den.detach(), z_last.detach(), torch.autograd.grad(loss, leaves)))
+    (den, z_last, grads), (den_ref, z_ref, grads_ref) = results
+    # both accumulate in float32 over the same bf16/fp32 inputs; only the summation order differs
+    assert_rel_close(den, den_ref, 1e-5, "denominator")
+    assert_rel_close(z_last, z_ref, 1e-5, "final key sum")
+    for name, g, g_ref in zip(("q", "k", "z0"), grads, grads_ref):
+        assert g.dtype == g_ref.dtype
+        assert_rel_close(g, g_ref, 1e-5 if dtype == torch.float32 else 1e-2, f"d{name}")
 
 
 def test_fla_normalize_true_differs_from_ours_only_by_its_eps():
