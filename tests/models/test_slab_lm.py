@@ -52,6 +52,22 @@ def test_prefill_and_steps_equal_full_forward(attention, norm):
     assert_rel_close(torch.cat(steps, 1), full, 1e-5, f"{attention}/{norm}")
 
 
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_logits_before_a_changed_token_do_not_move(attention, norm):
+    """Causality of the chunked training forward (cut inside chunk 2 of 64); the GPU twin runs fla's kernels
+    (tests/gpu/test_causality_gpu.py). Eval mode: training-mode BatchNorm shares batch statistics over all
+    positions by design (PRepBN, as in the paper)."""
+    model, cut = tiny(attention, norm), 100
+    ids = torch.randint(0, 256, (2, 150), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[:, cut:] = (ids[:, cut:] + 1) % 256
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    assert (a[:, :cut] == b[:, :cut]).all()
+    assert (a[:, cut:] - b[:, cut:]).abs().max() > 1e-3  # the change did reach the later logits
+
+
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_greedy_generate_is_deterministic_and_is_the_argmax_loop(attention):
     model = tiny(attention)
