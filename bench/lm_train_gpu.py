@@ -18,12 +18,16 @@ Per configuration: --warmup steps (Triton compiles and autotunes here; the first
 minutes), then --steps timed steps (CUDA-synchronised wall time); tokens/s = tokens per step / median step.
 Goals (issue 5): gla/sla vs softmax >= 1.0x at 8k and >= 1.3x at 16k. A --budget-minutes guard (default
 7.5) skips what is left rather than overrunning; skipped rows are reported as such.
+Experiment rows: an attention written as sla/<conv> (e.g. sla/conv_nhwc) trains SLA with one of the causal
+conv candidates of bench/sla_pieces_gpu.py in place of causal_conv1d, side by side with plain sla.
 Writes <out>/results.json and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import sys
 import time
@@ -46,7 +50,34 @@ def attention_backend(model) -> str:
     return resolve_mode(attn.mode, probe)
 
 
+@contextlib.contextmanager
+def sla_conv(name: str | None):
+    """Within the block, causal SLA uses the named conv candidate (bench/sla_pieces_gpu.py) if name is set."""
+    if name is None:
+        yield
+        return
+    import sla_pieces_gpu
+
+    ops = importlib.import_module("slab_edge.ops.causal_sla")  # the package re-exports a same-named function
+
+    original = ops.causal_conv1d
+    ops.causal_conv1d = sla_pieces_gpu.CONV_CANDIDATES[name]
+    try:
+        yield
+    finally:
+        ops.causal_conv1d = original
+
+
 def run_config(size: str, attention: str, length: int, args, device) -> dict[str, Any]:
+    attention, _, conv = attention.partition("/")
+    with sla_conv(conv or None):
+        row = _run_config(size, attention, length, args, device)
+    if conv:
+        row["attention"] = f"{attention}/{conv}"
+    return row
+
+
+def _run_config(size: str, attention: str, length: int, args, device) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -134,7 +165,7 @@ def table(results: dict[str, Any]) -> str:
         " ".join(
             f"{h:>{w}}"
             for h, w in (
-                ("attention", 10),
+                ("attention", 22),
                 ("backend", 9),
                 ("T", 6),
                 ("batch", 5),
@@ -147,12 +178,12 @@ def table(results: dict[str, Any]) -> str:
     ]
     for r in rows:
         if r.get("skipped"):
-            lines.append(f"{r['attention']:>10} {'-':>9} {r['length']:>6} skipped: {r['skipped']}")
+            lines.append(f"{r['attention']:>22} {'-':>9} {r['length']:>6} skipped: {r['skipped']}")
             continue
         ratio = r.get("speedup_vs_softmax")
         ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
         lines.append(
-            f"{r['attention']:>10} {r['backend']:>9} {r['length']:>6} {r['batch']:>5} "
+            f"{r['attention']:>22} {r['backend']:>9} {r['length']:>6} {r['batch']:>5} "
             f"{r['tokens_per_s']:>10.0f} {r['median_step_s'] * 1e3:>9.1f} {ratio_text:>10} "
             f"{r.get('peak_memory_gb', float('nan')):>8.1f}"
         )

@@ -1,23 +1,30 @@
 #!/usr/bin/env python3
 """Where SLA's training time goes as T grows at fixed tokens per step: its pieces timed alone (fwd + bwd).
 
-slab-lm-350m trained with SLA falls from 0.81x softmax's tokens/s at T = 2k to 0.54x at 16k on the H200, while
-GLA (same fla kernel family) stays flat (bench/README.md). This script times each piece of the causal SLA
-token mixer alone at slab-lm-350m's shape (C 1024, 8 heads of 128), bf16 inputs, B * T = 16,384 tokens:
+slab-lm-350m trained with SLA fell from 0.81x softmax's tokens/s at T = 2k to 0.54x at 16k on an H200 while
+GLA (same fla kernel family) stayed flat; this script found why (the normalizer's scan; bench/README.md).
+It times each piece of the causal SLA token mixer alone at slab-lm-350m's shape (C 1024, 8 heads of 128), bf16
+inputs, B * T = 16,384 tokens:
 
   numerator          fla chunk_linear_attn(normalize=False) (or our PyTorch chunk form without fla)
-  normalizer         causal_normalizer: key cumsum along the innermost axis of a transposed copy (current)
-  normalizer_outer   the same sum along T in place (the form the H200 run used): CUDA scans an outer axis
+  normalizer_fla     causal_normalizer_fla: fla's Triton scans along T, hand-written backward (the fla path)
+  normalizer         causal_normalizer, the PyTorch form: cumsum along the innermost axis of a transposed copy
+  normalizer_outer   the same sum along T in place (the first H200 run's form): CUDA scans an outer axis
                      with one thread per column
-  causal_conv        causal_conv1d: depthwise Conv1d (W 4) over time on v
-  fla_causal_conv    fla's Triton causal_conv1d on the same input (with fla only), and its max |diff| to ours
+  causal_conv        causal_conv1d: depthwise Conv1d (W 4) over time on v, as [B, C, T]
+  conv_nhwc          candidate: the same conv as a channels-last Conv2d on [B, C, 1, T] (no transposes)
+  conv_shifts        candidate: sum of W shifted products in [B, T, C], eager
+  conv_shifts_compiled  the same under torch.compile (fused kernels; CUDA only: compiling on a CPU is slow)
+  fla_causal_conv    fla's Triton causal_conv1d on the same input (with fla only)
   layer              the whole CausalSimplifiedLinearAttention (qkv, the above, proj)
   gla_layer          GatedLinearAttention at the same width, for comparison
 
-Per piece and T: median ms of --iters CUDA-synchronised fwd + bwd runs after --warmup. A piece whose time
-grows with T at fixed B * T is the culprit.
+Each conv candidate's max |diff| to causal_conv is reported as <name>_max_abs_diff. Per piece and T: median ms
+of --iters CUDA-synchronised fwd + bwd runs after --warmup. A piece whose time grows with T at fixed B * T
+scales badly; the candidates are for `lm_train_gpu.py --attentions sla/<candidate>` (see its docstring).
 
-    python3 bench/sla_pieces_gpu.py --out $OUT/sla_pieces.json          # GPU machine, fla staged (~2-4 min)
+    python3 bench/sla_pieces_gpu.py --out $OUT/sla_pieces.json          # GPU machine, fla staged (~3-5 min;
+                                                                        # compile fla first, alone: DEVICE.md)
     python bench/sla_pieces_gpu.py --smoke --device cpu                 # pipeline check
 """
 
@@ -35,6 +42,61 @@ def outer_axis_normalizer(q, k, eps: float):
     """The pre-change denominator: cumsum along T (dim 1 of [B, T, H, K]) in place."""
     z = k.float().cumsum(1)
     return (q.float() * z).sum(-1, keepdim=True) + eps, z[:, -1].clone()
+
+
+def conv_nhwc(x, weight, bias=None, conv_state=None, output_final_state=False):
+    """causal_conv1d as a depthwise Conv2d on a channels-last [B, C, 1, W-1+T] view of [B, W-1+T, C]."""
+    import torch
+    import torch.nn.functional as F
+
+    if conv_state is not None or output_final_state:
+        raise NotImplementedError("candidate for training only")
+    b, t, ch = x.shape
+    w = weight.reshape(ch, 1, 1, -1).to(x.dtype)
+    padded = torch.cat([x.new_zeros(b, w.shape[-1] - 1, ch), x], dim=1)  # [B, W-1+T, C]
+    y = F.conv2d(
+        padded.unsqueeze(1).permute(0, 3, 1, 2), w, None if bias is None else bias.to(x.dtype), groups=ch
+    )
+    return y.permute(0, 2, 3, 1).reshape(b, t, ch), None
+
+
+def _shift_sum(padded, w, bias):
+    """y_t = sum_i w[:, i] x_{t+i} + bias over padded [B, W-1+T, C], w [C, W]."""
+    width = w.shape[-1]
+    t = padded.shape[1] - width + 1
+    y = padded[:, width - 1 :] * w[:, width - 1]
+    for i in range(width - 1):
+        y = y + padded[:, i : i + t] * w[:, i]
+    return y if bias is None else y + bias
+
+
+def conv_shifts(x, weight, bias=None, conv_state=None, output_final_state=False, shift_sum=_shift_sum):
+    """causal_conv1d as W shifted multiply-adds in [B, T, C] (no conv kernel, no transposes)."""
+    import torch
+
+    if conv_state is not None or output_final_state:
+        raise NotImplementedError("candidate for training only")
+    b, t, ch = x.shape
+    w = weight.reshape(ch, -1).to(x.dtype)
+    padded = torch.cat([x.new_zeros(b, w.shape[-1] - 1, ch), x], dim=1)
+    return shift_sum(padded, w, None if bias is None else bias.to(x.dtype)), None
+
+
+def conv_shifts_compiled(x, weight, bias=None, conv_state=None, output_final_state=False):
+    import torch
+
+    global _COMPILED_SHIFT_SUM
+    if _COMPILED_SHIFT_SUM is None:
+        _COMPILED_SHIFT_SUM = torch.compile(_shift_sum)
+    return conv_shifts(x, weight, bias, conv_state, output_final_state, shift_sum=_COMPILED_SHIFT_SUM)
+
+
+_COMPILED_SHIFT_SUM = None
+CONV_CANDIDATES = {
+    "conv_nhwc": conv_nhwc,
+    "conv_shifts": conv_shifts,
+    "conv_shifts_compiled": conv_shifts_compiled,
+}
 
 
 def time_fwd_bwd(fn, inputs, device, iters: int, warmup: int) -> float:
@@ -90,6 +152,7 @@ def main(argv=None) -> int:
         causal_linear_attn_chunk,
         causal_linear_attn_fla,
         causal_normalizer,
+        causal_normalizer_fla,
     )
 
     device = torch.device(args.device)
@@ -103,6 +166,17 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results = {"device": device_name, "backend": mode, "dim": args.dim, "heads": heads, "rows": []}
     results["tokens"] = args.tokens
+    # the conv's weight and bias as bf16 leaves (their gradients are part of each conv's backward)
+    wb = tuple(t.detach().to(dtype).requires_grad_() for t in (sla.dwc.weight, sla.dwc.bias))
+    convs = dict(CONV_CANDIDATES)
+    if device.type != "cuda":
+        print("conv_shifts_compiled: skipped off CUDA (torch.compile on a CPU takes longer than the run)")
+        del convs["conv_shifts_compiled"]
+    if mode == "fla":
+        # fla's Triton causal conv ([B, T, D], weight [D, W])
+        from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d
+
+        convs["fla_causal_conv"] = lambda x, w, b: (fla_causal_conv1d(x, w.reshape(args.dim, -1), b)[0], None)
     for length in args.lengths:
         batch = max(args.tokens // length, 1)
         gen = torch.Generator(device="cpu").manual_seed(length)
@@ -111,29 +185,24 @@ def main(argv=None) -> int:
         x = torch.randn(batch, length, args.dim, generator=gen).to(device, dtype)
         pieces = {
             "numerator": (lambda q, k, v: numerator(q, k, v)[0], (q, k, v)),
-            "normalizer": (lambda q, k: causal_normalizer(q, k, None, CAUSAL_SLA_EPS), (q, k)),
-            "normalizer_outer": (lambda q, k: outer_axis_normalizer(q, k, CAUSAL_SLA_EPS), (q, k)),
-            "causal_conv": (
-                lambda x: causal_conv1d(x, sla.dwc.weight.to(dtype), sla.dwc.bias.to(dtype))[0],
-                (x,),
-            ),
         }
         if mode == "fla":
-            # fla's Triton causal conv ([B, T, D] in place, weight [D, W]): a candidate replacement
-            from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d
-
-            pieces["fla_causal_conv"] = (
-                lambda x: fla_causal_conv1d(
-                    x, sla.dwc.weight.to(dtype).reshape(args.dim, -1), sla.dwc.bias.to(dtype)
-                )[0],
-                (x,),
+            pieces["normalizer_fla"] = (
+                lambda q, k: causal_normalizer_fla(q, k, None, CAUSAL_SLA_EPS),
+                (q, k),
             )
+        pieces |= {
+            "normalizer": (lambda q, k: causal_normalizer(q, k, None, CAUSAL_SLA_EPS), (q, k)),
+            "normalizer_outer": (lambda q, k: outer_axis_normalizer(q, k, CAUSAL_SLA_EPS), (q, k)),
+            "causal_conv": (lambda x: causal_conv1d(x, *wb)[0], (x,)),
+        }
         row = {"length": length, "batch": batch}
-        if "fla_causal_conv" in pieces:
-            with torch.no_grad():
-                ours = pieces["causal_conv"][0](x).float()
-                theirs = pieces["fla_causal_conv"][0](x).float()
-            row["fla_conv_max_abs_diff"] = float((ours - theirs).abs().max())
+        with torch.no_grad():
+            ours = causal_conv1d(x, *wb)[0].float()
+            for name, conv in convs.items():
+                row[f"{name}_max_abs_diff"] = float((conv(x, *wb)[0].float() - ours).abs().max())
+        for name, conv in convs.items():
+            pieces[name] = (lambda x, conv=conv: conv(x, *wb)[0], (x,))
         for name, (fn, inputs) in pieces.items():
             row[name] = time_fwd_bwd(fn, inputs, device, args.iters, args.warmup)
         with torch.autocast(device_type=device.type, dtype=dtype):
@@ -141,12 +210,15 @@ def main(argv=None) -> int:
             row["gla_layer"] = time_fwd_bwd(lambda x: gla(x)[0], (x,), device, args.iters, args.warmup)
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
-    names = [n for n in results["rows"][0] if n not in ("length", "batch", "fla_conv_max_abs_diff")]
+    names = [n for n in results["rows"][0] if n not in ("length", "batch") and not n.endswith("_diff")]
     print(f"causal SLA pieces, fwd + bwd median ms, {args.tokens} tokens, C {args.dim}, {heads} heads, "
           f"backend {mode}, {results['device']}")  # fmt: skip
-    print(f"{'T':>6} {'B':>3} " + " ".join(f"{n:>16}" for n in names))
     for r in results["rows"]:
-        print(f"{r['length']:>6} {r['batch']:>3} " + " ".join(f"{r[n]:>16.3f}" for n in names))
+        print(f"T {r['length']} B {r['batch']}: " + ", ".join(f"{n} {r[n]:.3f}" for n in names))
+        print(
+            "  conv max |diff| to causal_conv: "
+            + ", ".join(f"{n[: -len('_max_abs_diff')]} {r[n]:.2g}" for n in r if n.endswith("_max_abs_diff"))
+        )
     if args.out:
         from slab_edge.io import atomic_write_json
 
