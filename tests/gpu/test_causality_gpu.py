@@ -16,25 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slab_edge.ops.backend import fla_available
 from slab_edge.ops.causal_sla import causal_linear_attn_chunk, causal_linear_attn_fla
 from slab_edge.ops.gla import gla_chunk, gla_fla, gla_gate
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_cuda_and_fla")]
 
 T = 2048  # 32 chunks of 64
 CUTS = {"boundary": 1536, "mid-chunk": 1500}  # cut -> largest allowed earlier / later change
 MID_CHUNK_RTOL = 2e-2
 # (B, H, K, V) of slab-lm-350m: GLA 4 heads, d_k = 1024 / 2 / 4, d_v = 1024 / 4; SLA 8 heads of 128
 GLA_SHAPE, SLA_SHAPE = (2, 4, 128, 256), (2, 8, 128, 128)
-
-
-@pytest.fixture(autouse=True)
-def _needs_cuda_and_fla():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU (run on the GPU machine, see DEVICE.md)")
-    if not fla_available():
-        pytest.skip("needs flash-linear-attention: pip install flash-linear-attention==0.6.0 fla-core==0.6.0")
 
 
 def perturbed_after(x: torch.Tensor, cut: int) -> torch.Tensor:

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slab_edge.ops.backend import fla_available
 from slab_edge.ops.causal_sla import (
     causal_linear_attn_chunk,
     causal_linear_attn_fla,
@@ -20,7 +19,7 @@ from slab_edge.ops.causal_sla import (
 )
 from slab_edge.ops.gla import gla_chunk, gla_fla, gla_gate
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_cuda_and_fla")]
 
 # (B, T, H, K, V): partial last chunk, exactly one chunk, shorter than a chunk. One head size, because every
 # new (K, V) makes fla autotune and compile its Triton kernels again (minutes on a fresh machine).
@@ -28,14 +27,6 @@ SHAPES = [(2, 300, 4, 64, 64), (1, 64, 2, 64, 64), (2, 40, 4, 64, 64)]
 SHAPE_IDS = [f"B{b}-T{t}-H{h}-K{k}-V{v}" for b, t, h, k, v in SHAPES]
 # relative-to-magnitude tolerances (outputs/states, gradients)
 TOL = {torch.float32: (5e-3, 1e-2), torch.bfloat16: (3e-2, 6e-2)}
-
-
-@pytest.fixture(autouse=True)
-def _needs_cuda_and_fla():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU (run on the GPU machine, see DEVICE.md)")
-    if not fla_available():
-        pytest.skip("needs flash-linear-attention: pip install flash-linear-attention==0.6.0 fla-core==0.6.0")
 
 
 def assert_rel_close(actual, expected, rtol, what, floor=1e-12):

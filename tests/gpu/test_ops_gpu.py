@@ -12,16 +12,10 @@ import torch.nn.functional as F
 from slab_edge.ops.causal_sla import causal_linear_attn_chunk, causal_linear_attn_naive
 from slab_edge.ops.gla import gla_chunk, gla_gate, gla_naive
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_cuda")]
 DTYPES = [torch.bfloat16, torch.float16]
 # relative-to-magnitude tolerances for outputs and gradients of half-precision inputs
 TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
-
-
-@pytest.fixture(autouse=True)
-def _needs_cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU (run on the GPU machine, see DEVICE.md)")
 
 
 def assert_rel_close(actual, expected, rtol, what, floor=1e-12):
