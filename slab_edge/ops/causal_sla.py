@@ -217,6 +217,18 @@ def causal_linear_attn_fla(
     return out, final
 
 
+def time_scan(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Inclusive cumulative sum along T of x [B, T, H, K] (reversed: suffix sums), in the compute dtype.
+
+    The sum runs along the last axis of a [B, H, K, T] copy: PyTorch's CUDA cumsum scans an outer axis with
+    one thread per column walking all T steps (ATen's scan_outer_dim), which made SLA's training 2x slower
+    at T = 16k on the H200.
+    """
+    x = x.to(_compute_dtype(x.dtype)).movedim(1, -1)  # [B, H, K, T]
+    z = x.flip(-1).cumsum(-1).flip(-1) if reverse else x.cumsum(-1)
+    return z.movedim(-1, 1)
+
+
 def causal_normalizer(
     q: torch.Tensor, k: torch.Tensor, z0: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,11 +240,9 @@ def causal_normalizer(
     Returns:
         den [B, T, H, 1] float32; z [B, H, K] float32.
 
-    PyTorch form (any device; the reference for causal_normalizer_fla). The key sum runs along the last axis
-    of a [B, H, K, T] copy: PyTorch's CUDA cumsum scans an outer axis with one thread per column walking all
-    T steps (ATen's scan_outer_dim), which made SLA's training 2x slower at T = 16k on the H200.
+    PyTorch form (any device; the reference for causal_normalizer_fla), with plain autograd.
     """
-    z = k.float().movedim(1, -1).cumsum(-1).movedim(-1, 1)  # [B, T, H, K]
+    z = time_scan(k.float())  # [B, T, H, K]
     if z0 is not None:
         z = z + z0.float().unsqueeze(1)
     den = (q.float() * z).sum(-1, keepdim=True) + eps  # [B, T, H, 1]
@@ -254,12 +264,6 @@ def causal_normalizer_fla(
         qz = qz + (q.to(qz.dtype) * z0.unsqueeze(1)).sum(-1, keepdim=True)
         z_last = z_last + z0
     return qz + eps, z_last
-
-
-def time_scan(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """Inclusive cumulative sum along T of x [B, T, H, K] (reversed: suffix sums), in the compute dtype."""
-    x = x.to(_compute_dtype(x.dtype))
-    return x.flip(1).cumsum(1).flip(1) if reverse else x.cumsum(1)
 
 
 def _fla_time_scan(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
