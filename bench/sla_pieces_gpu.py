@@ -31,6 +31,7 @@ scales badly; the candidates are for `lm_train_gpu.py --attentions sla/<candidat
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -82,16 +83,18 @@ def conv_shifts(x, weight, bias=None, conv_state=None, output_final_state=False,
     return shift_sum(padded, w, None if bias is None else bias.to(x.dtype)), None
 
 
-def conv_shifts_compiled(x, weight, bias=None, conv_state=None, output_final_state=False):
+@functools.cache
+def _compiled_shift_sum():
     import torch
 
-    global _COMPILED_SHIFT_SUM
-    if _COMPILED_SHIFT_SUM is None:
-        _COMPILED_SHIFT_SUM = torch.compile(_shift_sum)
-    return conv_shifts(x, weight, bias, conv_state, output_final_state, shift_sum=_COMPILED_SHIFT_SUM)
+    return torch.compile(_shift_sum)
 
 
-_COMPILED_SHIFT_SUM = None
+def conv_shifts_compiled(x, weight, bias=None, conv_state=None, output_final_state=False):
+    """conv_shifts with the shifted multiply-adds under torch.compile (compiled once per process)."""
+    return conv_shifts(x, weight, bias, conv_state, output_final_state, shift_sum=_compiled_shift_sum())
+
+
 CONV_CANDIDATES = {
     "conv_nhwc": conv_nhwc,
     "conv_shifts": conv_shifts,
