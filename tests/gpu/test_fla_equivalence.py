@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from slab_edge import testing
 from slab_edge.ops.causal_sla import (
     causal_linear_attn_chunk,
     causal_linear_attn_fla,
@@ -30,10 +31,8 @@ TOL = {torch.float32: (5e-3, 1e-2), torch.bfloat16: (3e-2, 6e-2)}
 
 
 def assert_rel_close(actual, expected, rtol, what, floor=1e-12):
-    actual, expected = actual.float(), expected.float()
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    err, scale = (actual - expected).abs().max(), expected.abs().max().clamp(min=floor)
-    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} x magnitude {scale:.3g}"
+    """slab_edge.testing.assert_rel_close on both tensors in float32."""
+    testing.assert_rel_close(actual.float(), expected.float(), rtol, what, floor)
 
 
 def compare(fla_fn, ref_fn, inputs, dtype, names):

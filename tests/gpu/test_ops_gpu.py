@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from slab_edge import testing
 from slab_edge.ops.causal_sla import causal_linear_attn_chunk, causal_linear_attn_naive
 from slab_edge.ops.gla import gla_chunk, gla_gate, gla_naive
 
@@ -19,10 +20,8 @@ TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
 def assert_rel_close(actual, expected, rtol, what, floor=1e-12):
-    actual, expected = actual.double(), expected.double()
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    err, scale = (actual - expected).abs().max(), expected.abs().max().clamp(min=floor)
-    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} x magnitude {scale:.3g}"
+    """slab_edge.testing.assert_rel_close on both tensors in float64."""
+    testing.assert_rel_close(actual.double(), expected.double(), rtol, what, floor)
 
 
 def grads_of(fn, leaves, gen_seed=1):
