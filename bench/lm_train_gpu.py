@@ -18,8 +18,11 @@ Per configuration: --warmup steps (Triton compiles and autotunes here; the first
 minutes), then --steps timed steps (CUDA-synchronised wall time); tokens/s = tokens per step / median step.
 Goals (issue 5): gla/sla vs softmax >= 1.0x at 8k and >= 1.3x at 16k. A --budget-minutes guard (default
 7.5) skips what is left rather than overrunning; skipped rows are reported as such.
-Experiment rows: an attention written as sla/<conv> (e.g. sla/conv_nhwc) trains SLA with one of the causal
-conv candidates of bench/sla_pieces_gpu.py in place of causal_conv1d, side by side with plain sla.
+Experiment rows: an attention written as sla/<variant> trains SLA with candidate pieces from
+bench/sla_pieces_gpu.py swapped in, side by side with plain sla: sla/chunked_scan (the normalizer's key
+scan chunk-parallel instead of fla's single-pass chunk_global_cumsum), sla/fused_conv (the short conv as
+torch.compile'd shifted sums instead of cuDNN's depthwise Conv1d with transposes), sla/both.
+--profile N adds a torch.profiler breakdown of N steps per row (kernel time vs wall time, top kernels).
 Writes <out>/results.json and prints a table.
 """
 
@@ -50,30 +53,53 @@ def attention_backend(model) -> str:
     return resolve_mode(attn.mode, probe)
 
 
+def _chunked_scan(ops):
+    import sla_pieces_gpu
+
+    return {"_fla_time_scan": sla_pieces_gpu.chunked_time_scan}
+
+
+def _fused_conv(ops):
+    import sla_pieces_gpu
+
+    return {"causal_conv1d": sla_pieces_gpu.fused_causal_conv1d(ops.causal_conv1d)}
+
+
+# sla/<variant>: SLA trained with candidate pieces of bench/sla_pieces_gpu.py swapped in (module attribute of
+# slab_edge.ops.causal_sla -> replacement), side by side with the library's `sla` in one run
+SLA_VARIANTS = {
+    "chunked_scan": (_chunked_scan,),
+    "fused_conv": (_fused_conv,),
+    "both": (_chunked_scan, _fused_conv),
+}
+
+
 @contextlib.contextmanager
-def sla_conv(name: str | None):
-    """Within the block, causal SLA uses the named conv candidate (bench/sla_pieces_gpu.py) if name is set."""
+def sla_variant(name: str | None):
+    """Within the block, causal SLA runs with the named variant's replacements (see SLA_VARIANTS)."""
     if name is None:
         yield
         return
-    import sla_pieces_gpu
-
-    ops = importlib.import_module("slab_edge.ops.causal_sla")  # the package re-exports a same-named function
-
-    original = ops.causal_conv1d
-    ops.causal_conv1d = sla_pieces_gpu.CONV_CANDIDATES[name]
+    ops = importlib.import_module("slab_edge.ops.causal_sla")  # the package re-exports same-named functions
+    replacements = {}
+    for make in SLA_VARIANTS[name]:
+        replacements |= make(ops)
+    originals = {attr: getattr(ops, attr) for attr in replacements}
+    for attr, replacement in replacements.items():
+        setattr(ops, attr, replacement)
     try:
         yield
     finally:
-        ops.causal_conv1d = original
+        for attr, original in originals.items():
+            setattr(ops, attr, original)
 
 
 def run_config(size: str, attention: str, length: int, args, device) -> dict[str, Any]:
-    attention, _, conv = attention.partition("/")
-    with sla_conv(conv or None):
+    attention, _, variant = attention.partition("/")
+    with sla_variant(variant or None):
         row = _run_config(size, attention, length, args, device)
-    if conv:
-        row["attention"] = f"{attention}/{conv}"
+    if variant:
+        row["attention"] = f"{attention}/{variant}"
     return row
 
 
@@ -145,9 +171,44 @@ def _run_config(size: str, attention: str, length: int, args, device) -> dict[st
     }
     if device.type == "cuda":
         row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if args.profile:
+        row["profile"] = profile_steps(one_step, sync, args.profile, args.profile_top)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def profile_steps(one_step, sync, steps: int, top: int) -> dict[str, Any]:
+    """torch.profiler over `steps` steps: device-kernel time per step vs wall time, and the top kernels.
+
+    busy = kernel time / wall time; well below 1 means the step waits on the host (launch-bound).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    sync()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            one_step()
+        sync()
+        wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    kernels = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None)
+        if device_us is None:
+            device_us = event.self_cuda_time_total
+        if device_us and str(getattr(event, "device_type", "")).endswith("CUDA"):
+            kernels.append((device_us / 1e3 / steps, event.count / steps, event.key[:100]))
+    kernels.sort(reverse=True)
+    kernel_ms = sum(k[0] for k in kernels)
+    return {
+        "wall_ms": wall_ms,
+        "kernel_ms": kernel_ms,
+        "busy": kernel_ms / wall_ms,
+        "kernel_launches": sum(k[1] for k in kernels),
+        "top": [{"ms": ms, "calls": calls, "kernel": name} for ms, calls, name in kernels[:top]],
+    }
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
@@ -207,6 +268,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps")
+    p.add_argument("--profile-top", type=int, default=25, help="kernels listed per profiled row")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--device", default="cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU smoke runs)")
@@ -287,6 +350,16 @@ def main(argv=None) -> int:
     _write(args.out / "results.json", results)
     (args.out / "partial.json").unlink(missing_ok=True)
     print(table(results))
+    for r in rows:
+        if "profile" in r:
+            prof = r["profile"]
+            print(
+                f"profile {r['attention']} T {r['length']}: wall {prof['wall_ms']:.1f} ms, kernels "
+                f"{prof['kernel_ms']:.1f} ms (busy {prof['busy']:.2f}), "
+                f"{prof['kernel_launches']:.0f} launches"
+            )
+            for k in prof["top"]:
+                print(f"  {k['ms']:8.2f} ms {k['calls']:6.0f}x  {k['kernel']}")
     print(f"total {results['total_minutes']:.1f} min; results: {args.out / 'results.json'}")
     return 0
 

@@ -7,21 +7,22 @@ It times each piece of the causal SLA token mixer alone at slab-lm-350m's shape 
 inputs, B * T = 16,384 tokens:
 
   numerator          fla chunk_linear_attn(normalize=False) (or our PyTorch chunk form without fla)
-  normalizer_fla     causal_normalizer_fla: fla's Triton scans along T, hand-written backward (the fla path)
+  normalizer_fla     causal_normalizer_fla: fla's Triton scan along T, hand-written backward (the fla path)
+  normalizer_chunked candidate: the same with chunked_time_scan (chunk-parallel) as the scan
   normalizer         causal_normalizer, the PyTorch form: cumsum along the innermost axis of a transposed copy
   normalizer_outer   the same sum along T in place (the first H200 run's form): CUDA scans an outer axis
                      with one thread per column
-  causal_conv        causal_conv1d: depthwise Conv1d (W 4) over time on v, as [B, C, T]
-  conv_nhwc          candidate: the same conv as a channels-last Conv2d on [B, C, 1, T] (no transposes)
+  causal_conv        causal_conv1d: cuDNN depthwise Conv1d (W 4) over time on v, as [B, C, T]
   conv_shifts        candidate: sum of W shifted products in [B, T, C], eager
-  conv_shifts_compiled  the same under torch.compile (fused kernels; CUDA only: compiling on a CPU is slow)
+  conv_fused         candidate: the same under torch.compile (CUDA only: compiling on a CPU is slow)
   fla_causal_conv    fla's Triton causal_conv1d on the same input (with fla only)
   layer              the whole CausalSimplifiedLinearAttention (qkv, the above, proj)
   gla_layer          GatedLinearAttention at the same width, for comparison
 
-Each conv candidate's max |diff| to causal_conv is reported as <name>_max_abs_diff. Per piece and T: median ms
-of --iters CUDA-synchronised fwd + bwd runs after --warmup. A piece whose time grows with T at fixed B * T
-scales badly; the candidates are for `lm_train_gpu.py --attentions sla/<candidate>` (see its docstring).
+Each conv's max |diff| to causal_conv is reported as <name>_max_abs_diff. Per piece and T: median ms of
+--iters CUDA-synchronised fwd + bwd runs after --warmup. A piece whose time grows with T at fixed B * T
+scales badly. Caveat: each timed run also pays the host's launch and autograd overhead (~1 ms here), so
+pieces of well under 1 ms of kernel time look alike; `lm_train_gpu.py --profile 2` gives kernel times.
 
     python3 bench/sla_pieces_gpu.py --out $OUT/sla_pieces.json          # GPU machine, fla staged (~3-5 min;
                                                                         # compile fla first, alone: DEVICE.md)
@@ -45,61 +46,67 @@ def outer_axis_normalizer(q, k, eps: float):
     return (q.float() * z).sum(-1, keepdim=True) + eps, z[:, -1].clone()
 
 
-def conv_nhwc(x, weight, bias=None, conv_state=None, output_final_state=False):
-    """causal_conv1d as a depthwise Conv2d on a channels-last [B, C, 1, W-1+T] view of [B, W-1+T, C]."""
+def chunked_time_scan(x, reverse: bool = False, chunk: int = 64):
+    """Candidate key scan: time_scan computed chunk-parallel (a scan inside each chunk, then chunk totals).
+
+    x [B, T, H, K] (any T) -> inclusive prefix sums along T (reverse: suffix sums) in float32 (float64 stays).
+    Every (chunk, channel) pair is an independent `chunk`-step scan, so a long sequence with batch 1 still
+    fills the GPU; fla's chunk_global_cumsum (the current scan) is parallel over B * H * K-blocks only.
+    """
     import torch
     import torch.nn.functional as F
 
-    if conv_state is not None or output_final_state:
-        raise NotImplementedError("candidate for training only")
-    b, t, ch = x.shape
-    w = weight.reshape(ch, 1, 1, -1).to(x.dtype)
-    padded = torch.cat([x.new_zeros(b, w.shape[-1] - 1, ch), x], dim=1)  # [B, W-1+T, C]
-    y = F.conv2d(
-        padded.unsqueeze(1).permute(0, 3, 1, 2), w, None if bias is None else bias.to(x.dtype), groups=ch
-    )
-    return y.permute(0, 2, 3, 1).reshape(b, t, ch), None
+    b, t, h, d = x.shape
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    n = -(-t // chunk)
+    if n * chunk != t:
+        x = F.pad(x, (0, 0, 0, 0, 0, n * chunk - t))  # trailing zeros change neither prefix nor suffix sums
+    xc = x.reshape(b, n, chunk, h, d)
+    local = xc.cumsum(2)  # prefix sums inside each chunk
+    totals = local[:, :, -1]  # [B, N, H, K]
+    if reverse:
+        # suffix inside a chunk = x - prefix + chunk total; the later chunks' totals join the chunk's own
+        z = (xc - local) + totals.flip(1).cumsum(1).flip(1).unsqueeze(2)
+    else:
+        z = local + (totals.cumsum(1) - totals).unsqueeze(2)
+    return z.reshape(b, n * chunk, h, d)[:, :t]
 
 
-def _shift_sum(padded, w, bias):
-    """y_t = sum_i w[:, i] x_{t+i} + bias over padded [B, W-1+T, C], w [C, W]."""
+def conv_shifts(x, weight, bias=None):
+    """Candidate conv maths: causal_conv1d from zero history as W shifted multiply-adds in [B, T, C].
+
+    x [B, T, C], weight [C, 1, W] or [C, W], bias [C] or None -> y [B, T, C]; no conv kernel, no transposes.
+    """
+    import torch.nn.functional as F
+
+    t, ch = x.shape[1:]
+    w = weight.reshape(ch, -1).to(x.dtype)  # [C, W]
     width = w.shape[-1]
-    t = padded.shape[1] - width + 1
+    padded = F.pad(x, (0, 0, width - 1, 0))  # [B, W-1+T, C]: zero history
     y = padded[:, width - 1 :] * w[:, width - 1]
     for i in range(width - 1):
         y = y + padded[:, i : i + t] * w[:, i]
-    return y if bias is None else y + bias
-
-
-def conv_shifts(x, weight, bias=None, conv_state=None, output_final_state=False, shift_sum=_shift_sum):
-    """causal_conv1d as W shifted multiply-adds in [B, T, C] (no conv kernel, no transposes)."""
-    import torch
-
-    if conv_state is not None or output_final_state:
-        raise NotImplementedError("candidate for training only")
-    b, t, ch = x.shape
-    w = weight.reshape(ch, -1).to(x.dtype)
-    padded = torch.cat([x.new_zeros(b, w.shape[-1] - 1, ch), x], dim=1)
-    return shift_sum(padded, w, None if bias is None else bias.to(x.dtype)), None
+    return y if bias is None else y + bias.to(x.dtype)
 
 
 @functools.cache
-def _compiled_shift_sum():
+def compiled_conv_shifts():
+    """conv_shifts under torch.compile: forward and backward become fused Triton kernels (CUDA)."""
     import torch
 
-    return torch.compile(_shift_sum)
+    return torch.compile(conv_shifts)
 
 
-def conv_shifts_compiled(x, weight, bias=None, conv_state=None, output_final_state=False):
-    """conv_shifts with the shifted multiply-adds under torch.compile (compiled once per process)."""
-    return conv_shifts(x, weight, bias, conv_state, output_final_state, shift_sum=_compiled_shift_sum())
+def fused_causal_conv1d(fallback):
+    """Candidate drop-in for ops.causal_conv1d: the compiled shifted sums from zero history (training);
+    `fallback` (the library's cuDNN conv) where a conv state goes in or out."""
 
+    def causal_conv1d(x, weight, bias=None, conv_state=None, output_final_state=False):
+        if conv_state is None and not output_final_state:
+            return compiled_conv_shifts()(x, weight, bias), None
+        return fallback(x, weight, bias, conv_state, output_final_state)
 
-CONV_CANDIDATES = {
-    "conv_nhwc": conv_nhwc,
-    "conv_shifts": conv_shifts,
-    "conv_shifts_compiled": conv_shifts_compiled,
-}
+    return causal_conv1d
 
 
 def time_fwd_bwd(fn, inputs, device, iters: int, warmup: int) -> float:
@@ -171,10 +178,11 @@ def main(argv=None) -> int:
     results["tokens"] = args.tokens
     # the conv's weight and bias as bf16 leaves (their gradients are part of each conv's backward)
     wb = tuple(t.detach().to(dtype).requires_grad_() for t in (sla.dwc.weight, sla.dwc.bias))
-    convs = dict(CONV_CANDIDATES)
-    if device.type != "cuda":
-        print("conv_shifts_compiled: skipped off CUDA (torch.compile on a CPU takes longer than the run)")
-        del convs["conv_shifts_compiled"]
+    convs = {"conv_shifts": lambda x, w, b: (conv_shifts(x, w, b), None)}
+    if device.type == "cuda":
+        convs["conv_fused"] = lambda x, w, b: (compiled_conv_shifts()(x, w, b), None)
+    else:
+        print("conv_fused: skipped off CUDA (torch.compile on a CPU takes longer than the run)")
     if mode == "fla":
         # fla's Triton causal conv ([B, T, D], weight [D, W])
         from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d
@@ -194,6 +202,10 @@ def main(argv=None) -> int:
                 lambda q, k: causal_normalizer_fla(q, k, None, CAUSAL_SLA_EPS),
                 (q, k),
             )
+        pieces["normalizer_chunked"] = (
+            lambda q, k: causal_normalizer_fla(q, k, None, CAUSAL_SLA_EPS, scan=chunked_time_scan),
+            (q, k),
+        )
         pieces |= {
             "normalizer": (lambda q, k: causal_normalizer(q, k, None, CAUSAL_SLA_EPS), (q, k)),
             "normalizer_outer": (lambda q, k: outer_axis_normalizer(q, k, CAUSAL_SLA_EPS), (q, k)),

@@ -1,0 +1,63 @@
+"""The candidate SLA training pieces of bench/sla_pieces_gpu.py on CUDA: the torch.compile'd conv and the
+chunked scan against the library's forms (their CPU maths: tests/bench/test_sla_candidates.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slab_edge import testing
+from slab_edge.ops.causal_sla import causal_conv1d, causal_normalizer, causal_normalizer_fla
+
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_cuda")]
+
+
+def assert_rel_close(actual, expected, rtol, what):
+    testing.assert_rel_close(actual.float(), expected.float(), rtol, what)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 4096, 1024), (3, 300, 64)], ids=["B1-T4096-C1024", "B3-T300-C64"])
+def test_compiled_conv_matches_conv1d(shape, dtype, sla_pieces):
+    """compiled_conv_shifts == causal_conv1d (cuDNN): outputs and gradients of x, weight and bias. bf16: the
+    compiled kernels accumulate in float32 where cuDNN rounds per step, so they differ by bf16 rounding."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    c = shape[-1]
+    x = torch.randn(*shape, device="cuda", generator=gen).to(dtype)
+    w = torch.randn(c, 1, 4, device="cuda", generator=gen) / 2
+    bias = torch.randn(c, device="cuda", generator=gen)
+    grad_out = torch.randn(*shape, device="cuda", generator=gen)
+    results = []
+    for fn in (sla_pieces.compiled_conv_shifts(), lambda x, w, bias: causal_conv1d(x, w, bias)[0]):
+        leaves = [t.detach().requires_grad_() for t in (x, w, bias)]
+        y = fn(*leaves)
+        assert y.dtype == dtype and y.shape == shape
+        results.append((y.detach(), torch.autograd.grad((y.float() * grad_out).sum(), leaves)))
+    (y, grads), (y_ref, grads_ref) = results
+    rtol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert_rel_close(y, y_ref, rtol, "output")
+    for name, g, g_ref in zip(("x", "weight", "bias"), grads, grads_ref):
+        assert g.dtype == g_ref.dtype
+        assert_rel_close(g, g_ref, rtol, f"d{name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_chunked_scan_normalizer_matches_pytorch_form(dtype, sla_pieces):
+    """causal_normalizer_fla with the chunked scan == causal_normalizer at B1 x T4096, gradients too."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k = (F.relu(torch.randn(1, 4096, 8, 128, device="cuda", generator=gen)).to(dtype) for _ in range(2))
+    z0 = torch.rand(1, 8, 128, device="cuda", generator=gen)
+    results = []
+    for fn in (lambda *a: causal_normalizer_fla(*a, scan=sla_pieces.chunked_time_scan), causal_normalizer):
+        leaves = [x.detach().requires_grad_() for x in (q, k, z0)]
+        den, z_last = fn(*leaves, 1e-6)
+        loss = (den * torch.linspace(-1, 1, den.numel(), device="cuda").view(den.shape)).sum()
+        results.append(
+            (den.detach(), z_last.detach(), torch.autograd.grad(loss + z_last.square().sum(), leaves))
+        )
+    (den, z_last, grads), (den_ref, z_ref, grads_ref) = results
+    assert_rel_close(den, den_ref, 1e-5, "denominator")
+    assert_rel_close(z_last, z_ref, 1e-5, "final key sum")
+    for name, g, g_ref in zip(("q", "k", "z0"), grads, grads_ref):
+        assert_rel_close(g, g_ref, 1e-5 if dtype == torch.float32 else 1e-2, f"d{name}")
