@@ -21,7 +21,8 @@ Goals (issue 5): gla/sla vs softmax >= 1.0x at 8k and >= 1.3x at 16k. A --budget
 Experiment rows: an attention written as sla/<variant> trains SLA with candidate pieces from
 bench/sla_pieces_gpu.py swapped in, side by side with plain sla: sla/chunked_scan (the normalizer's key
 scan chunk-parallel instead of fla's single-pass chunk_global_cumsum), sla/fused_conv (the short conv as
-torch.compile'd shifted sums instead of cuDNN's depthwise Conv1d with transposes), sla/both.
+torch.compile'd shifted sums instead of cuDNN's depthwise Conv1d with transposes), sla/both, sla/fla_conv
+(fla's Triton causal_conv1d), sla/chunked_scan+fla_conv.
 --profile N adds a torch.profiler breakdown of N steps per row (kernel time vs wall time, top kernels).
 Writes <out>/results.json and prints a table.
 """
@@ -62,7 +63,14 @@ def _chunked_scan(ops):
 def _fused_conv(ops):
     import sla_pieces_gpu
 
-    return {"causal_conv1d": sla_pieces_gpu.fused_causal_conv1d(ops.causal_conv1d)}
+    conv = sla_pieces_gpu.compiled_conv_shifts()
+    return {"causal_conv1d": sla_pieces_gpu.training_conv_drop_in(conv, ops.causal_conv1d)}
+
+
+def _fla_conv(ops):
+    import sla_pieces_gpu
+
+    return {"causal_conv1d": sla_pieces_gpu.training_conv_drop_in(sla_pieces_gpu.fla_conv, ops.causal_conv1d)}
 
 
 # sla/<variant>: SLA trained with candidate pieces of bench/sla_pieces_gpu.py swapped in (module attribute of
@@ -71,6 +79,8 @@ SLA_VARIANTS = {
     "chunked_scan": (_chunked_scan,),
     "fused_conv": (_fused_conv,),
     "both": (_chunked_scan, _fused_conv),
+    "fla_conv": (_fla_conv,),
+    "chunked_scan+fla_conv": (_chunked_scan, _fla_conv),
 }
 
 

@@ -97,13 +97,20 @@ def compiled_conv_shifts():
     return torch.compile(conv_shifts)
 
 
-def fused_causal_conv1d(fallback):
-    """Candidate drop-in for ops.causal_conv1d: the compiled shifted sums from zero history (training);
+def fla_conv(x, weight, bias=None):
+    """Candidate conv: fla's Triton causal_conv1d (one kernel forward, [B, T, C] in place of transposes)."""
+    from fla.modules.causal_conv1d import causal_conv1d  # fla 0.6.0
+
+    return causal_conv1d(x, weight.reshape(x.shape[-1], -1), bias)[0]
+
+
+def training_conv_drop_in(conv, fallback):
+    """Candidate drop-in for ops.causal_conv1d: conv(x, weight, bias) from zero history (training);
     `fallback` (the library's cuDNN conv) where a conv state goes in or out."""
 
     def causal_conv1d(x, weight, bias=None, conv_state=None, output_final_state=False):
         if conv_state is None and not output_final_state:
-            return compiled_conv_shifts()(x, weight, bias), None
+            return conv(x, weight, bias), None
         return fallback(x, weight, bias, conv_state, output_final_state)
 
     return causal_conv1d
@@ -184,10 +191,7 @@ def main(argv=None) -> int:
     else:
         print("conv_fused: skipped off CUDA (torch.compile on a CPU takes longer than the run)")
     if mode == "fla":
-        # fla's Triton causal conv ([B, T, D], weight [D, W])
-        from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d
-
-        convs["fla_causal_conv"] = lambda x, w, b: (fla_causal_conv1d(x, w.reshape(args.dim, -1), b)[0], None)
+        convs["fla_causal_conv"] = lambda x, w, b: (fla_conv(x, w, b), None)
     for length in args.lengths:
         batch = max(args.tokens // length, 1)
         gen = torch.Generator(device="cpu").manual_seed(length)

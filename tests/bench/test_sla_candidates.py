@@ -79,7 +79,7 @@ def test_fused_conv_drop_in_leaves_stateful_calls_to_the_library(sla_pieces):
         calls.append(args)
         return causal_conv1d(*args)
 
-    conv = sla_pieces.fused_causal_conv1d(fallback)
+    conv = sla_pieces.training_conv_drop_in(sla_pieces.conv_shifts, fallback)
     x, w = torch.randn(1, 5, 4), torch.randn(4, 1, 3)
     state = torch.randn(1, 4, 2)
     y, new_state = conv(x, w, None, state, True)

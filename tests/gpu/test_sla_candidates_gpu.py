@@ -1,5 +1,6 @@
-"""The candidate SLA training pieces of bench/sla_pieces_gpu.py on CUDA: the torch.compile'd conv and the
-chunked scan against the library's forms (their CPU maths: tests/bench/test_sla_candidates.py)."""
+"""The candidate SLA training pieces of bench/sla_pieces_gpu.py on CUDA: the torch.compile'd conv, fla's
+Triton conv and the chunked scan against the library's forms (CPU maths:
+tests/bench/test_sla_candidates.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from slab_edge import testing
+from slab_edge.ops.backend import fla_available
 from slab_edge.ops.causal_sla import causal_conv1d, causal_normalizer, causal_normalizer_fla
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_cuda")]
@@ -19,9 +21,13 @@ def assert_rel_close(actual, expected, rtol, what):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", [(1, 4096, 1024), (3, 300, 64)], ids=["B1-T4096-C1024", "B3-T300-C64"])
-def test_compiled_conv_matches_conv1d(shape, dtype, sla_pieces):
-    """compiled_conv_shifts == causal_conv1d (cuDNN): outputs and gradients of x, weight and bias. bf16: the
-    compiled kernels accumulate in float32 where cuDNN rounds per step, so they differ by bf16 rounding."""
+@pytest.mark.parametrize("candidate", ["compiled", "fla"])
+def test_candidate_conv_matches_conv1d(candidate, shape, dtype, sla_pieces):
+    """compiled_conv_shifts and fla's causal_conv1d == causal_conv1d (cuDNN): outputs and gradients of x,
+    weight and bias. bf16: the candidates accumulate in float32 where cuDNN rounds per step."""
+    if candidate == "fla" and not fla_available():
+        pytest.skip("needs flash-linear-attention: pip install flash-linear-attention==0.6.0 fla-core==0.6.0")
+    conv = sla_pieces.compiled_conv_shifts() if candidate == "compiled" else sla_pieces.fla_conv
     gen = torch.Generator(device="cuda").manual_seed(0)
     c = shape[-1]
     x = torch.randn(*shape, device="cuda", generator=gen).to(dtype)
@@ -29,7 +35,7 @@ def test_compiled_conv_matches_conv1d(shape, dtype, sla_pieces):
     bias = torch.randn(c, device="cuda", generator=gen)
     grad_out = torch.randn(*shape, device="cuda", generator=gen)
     results = []
-    for fn in (sla_pieces.compiled_conv_shifts(), lambda x, w, bias: causal_conv1d(x, w, bias)[0]):
+    for fn in (conv, lambda x, w, bias: causal_conv1d(x, w, bias)[0]):
         leaves = [t.detach().requires_grad_() for t in (x, w, bias)]
         y = fn(*leaves)
         assert y.dtype == dtype and y.shape == shape
