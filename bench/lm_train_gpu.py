@@ -22,7 +22,8 @@ Experiment rows: an attention written as sla/<variant> trains SLA with candidate
 bench/sla_pieces_gpu.py swapped in, side by side with plain sla: sla/chunked_scan (the normalizer's key
 scan chunk-parallel instead of fla's single-pass chunk_global_cumsum), sla/fused_conv (the short conv as
 torch.compile'd shifted sums instead of cuDNN's depthwise Conv1d with transposes), sla/both, sla/fla_conv
-(fla's Triton causal_conv1d), sla/chunked_scan+fla_conv.
+(fla's Triton causal_conv1d), sla/chunked_scan+fla_conv, sla/padded_conv (cuDNN conv with padding=W-1 in
+place of a concatenated zero history).
 --profile N adds a torch.profiler breakdown of N steps per row (kernel time vs wall time, top kernels).
 Writes <out>/results.json and prints a table.
 """
@@ -67,6 +68,14 @@ def _fused_conv(ops):
     return {"causal_conv1d": sla_pieces_gpu.training_conv_drop_in(conv, ops.causal_conv1d)}
 
 
+def _padded_conv(ops):
+    import sla_pieces_gpu
+
+    return {
+        "causal_conv1d": sla_pieces_gpu.training_conv_drop_in(sla_pieces_gpu.padded_conv, ops.causal_conv1d)
+    }
+
+
 def _fla_conv(ops):
     import sla_pieces_gpu
 
@@ -80,6 +89,7 @@ SLA_VARIANTS = {
     "fused_conv": (_fused_conv,),
     "both": (_chunked_scan, _fused_conv),
     "fla_conv": (_fla_conv,),
+    "padded_conv": (_padded_conv,),
     "chunked_scan+fla_conv": (_chunked_scan, _fla_conv),
 }
 

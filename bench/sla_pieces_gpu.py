@@ -15,6 +15,7 @@ inputs, B * T = 16,384 tokens:
   causal_conv        causal_conv1d: cuDNN depthwise Conv1d (W 4) over time on v, as [B, C, T]
   conv_shifts        candidate: sum of W shifted products in [B, T, C], eager
   conv_fused         candidate: the same under torch.compile (CUDA only: compiling on a CPU is slow)
+  conv_padded        candidate: causal_conv with padding=W-1 in the conv, not a concatenated zero history
   fla_causal_conv    fla's Triton causal_conv1d on the same input (with fla only)
   layer              the whole CausalSimplifiedLinearAttention (qkv, the above, proj)
   gla_layer          GatedLinearAttention at the same width, for comparison
@@ -104,6 +105,18 @@ def fla_conv(x, weight, bias=None):
     return causal_conv1d(x, weight.reshape(x.shape[-1], -1), bias)[0]
 
 
+def padded_conv(x, weight, bias=None):
+    """Candidate conv: the library's cuDNN depthwise Conv1d, but with zero padding W-1 and the last W-1
+    outputs dropped instead of a concatenated zero history (one copy of the input fewer, fwd and bwd)."""
+    import torch.nn.functional as F
+
+    t, ch = x.shape[1:]
+    w = weight.reshape(ch, 1, -1).to(x.dtype)
+    bias = None if bias is None else bias.to(x.dtype)
+    y = F.conv1d(x.transpose(1, 2), w, bias, padding=w.shape[-1] - 1, groups=ch)  # [B, C, T + W-1]
+    return y[..., :t].transpose(1, 2)
+
+
 def training_conv_drop_in(conv, fallback):
     """Candidate drop-in for ops.causal_conv1d: conv(x, weight, bias) from zero history (training);
     `fallback` (the library's cuDNN conv) where a conv state goes in or out."""
@@ -185,7 +198,10 @@ def main(argv=None) -> int:
     results["tokens"] = args.tokens
     # the conv's weight and bias as bf16 leaves (their gradients are part of each conv's backward)
     wb = tuple(t.detach().to(dtype).requires_grad_() for t in (sla.dwc.weight, sla.dwc.bias))
-    convs = {"conv_shifts": lambda x, w, b: (conv_shifts(x, w, b), None)}
+    convs = {
+        "conv_shifts": lambda x, w, b: (conv_shifts(x, w, b), None),
+        "conv_padded": lambda x, w, b: (padded_conv(x, w, b), None),
+    }
     if device.type == "cuda":
         convs["conv_fused"] = lambda x, w, b: (compiled_conv_shifts()(x, w, b), None)
     else:

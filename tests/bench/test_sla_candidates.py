@@ -50,9 +50,11 @@ def test_normalizer_with_chunked_scan_matches_pytorch_form_with_gradients(use_st
 
 @pytest.mark.parametrize("t,width", [(10, 4), (2, 4), (9, 1)], ids=lambda v: str(v))
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-def test_shifted_conv_matches_conv1d_with_gradients(t, width, with_bias, sla_pieces):
-    """conv_shifts (the maths sla/fused_conv compiles) == causal_conv1d from zero history: outputs and the
-    gradients of x, weight and bias in float64."""
+@pytest.mark.parametrize("candidate", ["conv_shifts", "padded_conv"])
+def test_candidate_conv_matches_conv1d_with_gradients(candidate, t, width, with_bias, sla_pieces):
+    """conv_shifts (the maths sla/fused_conv compiles) and padded_conv == causal_conv1d from zero history:
+    outputs and the gradients of x, weight and bias in float64."""
+    conv = getattr(sla_pieces, candidate)
     gen = torch.Generator().manual_seed(t)
     leaves = [
         torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
@@ -62,7 +64,7 @@ def test_shifted_conv_matches_conv1d_with_gradients(t, width, with_bias, sla_pie
     bias = bias if with_bias else None
     grad_out = torch.randn(2, t, 6, generator=gen, dtype=torch.float64)
     results = []
-    for fn in (lambda: sla_pieces.conv_shifts(x, w, bias), lambda: causal_conv1d(x, w, bias)[0]):
+    for fn in (lambda: conv(x, w, bias), lambda: causal_conv1d(x, w, bias)[0]):
         y = fn()
         results.append((y, torch.autograd.grad((y * grad_out).sum(), leaves, allow_unused=True)))
     (y, grads), (y_ref, grads_ref) = results
