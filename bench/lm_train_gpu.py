@@ -25,6 +25,9 @@ torch.compile'd shifted sums instead of cuDNN's depthwise Conv1d with transposes
 (fla's Triton causal_conv1d), sla/chunked_scan+fla_conv, sla/padded_conv (cuDNN conv with padding=W-1 in
 place of a concatenated zero history).
 --profile N adds a torch.profiler breakdown of N steps per row (kernel time vs wall time, top kernels).
+--rounds R (> 1) builds a length's configurations side by side (each 350m model with AdamW state is ~5.4 GB)
+and times them interleaved, R rounds of --steps steps each; a row's median is over all its timed steps and its
+per-round medians are kept (round_median_step_s) to show the spread.
 Writes <out>/results.json and prints a table.
 """
 
@@ -34,6 +37,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -114,88 +118,152 @@ def sla_variant(name: str | None):
             setattr(ops, attr, original)
 
 
-def run_config(size: str, attention: str, length: int, args, device) -> dict[str, Any]:
-    attention, _, variant = attention.partition("/")
-    with sla_variant(variant or None):
-        row = _run_config(size, attention, length, args, device)
-    if variant:
-        row["attention"] = f"{attention}/{variant}"
-    return row
+class TrainingConfig:
+    """One attention (optionally sla/<variant>) at one length: model, optimizer, batch and its timed steps.
 
+    Several can live side by side so that `--rounds` interleaves their timed steps (A B C A B C ...): a slow
+    stretch of the machine then hits every configuration instead of one.
+    """
 
-def _run_config(size: str, attention: str, length: int, args, device) -> dict[str, Any]:
-    import torch
-    import torch.nn.functional as F
+    def __init__(self, size: str, attention: str, length: int, args, device) -> None:
+        import torch
+        import torch.nn.functional as F
 
-    from slab_edge.models.slab_lm import create_slab_lm
+        from slab_edge.models.slab_lm import create_slab_lm
 
-    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    batch = max(args.tokens_per_step // length, 1)
-    torch.manual_seed(0)
-    model = create_slab_lm(size, attention=attention, norm=args.norm, context_length=length, **kwargs).to(
-        device
-    )
-    model.train()
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01, fused=fused)
-    step_fn = model
-    if args.compile:
-        step_fn = torch.compile(model)
-    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=not args.fp32)
-    vocab = model.config.vocab_size
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, length + 1), generator=gen).to(device)
-    inputs, targets = ids[:, :-1], ids[:, 1:]
+        self.name, self.length, self.device = attention, length, device
+        base, _, variant = attention.partition("/")
+        self.variant = variant or None
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+        self.batch = max(args.tokens_per_step // length, 1)
+        torch.manual_seed(0)
+        model = create_slab_lm(size, attention=base, norm=args.norm, context_length=length, **kwargs)
+        self.model = model.to(device).train()
+        fused = device.type == "cuda"
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=3e-4, weight_decay=0.01, fused=fused)
+        step_fn = torch.compile(self.model) if args.compile else self.model
+        amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=not args.fp32)
+        vocab = self.model.config.vocab_size
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        ids = torch.randint(0, vocab, (self.batch, length + 1), generator=gen).to(device)
+        inputs, targets = ids[:, :-1], ids[:, 1:]
 
-    def one_step() -> float:
-        with amp:
-            logits = step_fn(inputs)
-            loss = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        def one_step() -> float:
+            with sla_variant(self.variant):
+                with amp:
+                    logits = step_fn(inputs)
+                    loss = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1))
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return float(loss.detach())
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        self.one_step, self.optimizer = one_step, optimizer
+        self.times: list[float] = []
+        self.round_medians: list[float] = []
+        self.loss, self.warmup_s = float("nan"), 0.0
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.warmup):
-        one_step()
-    sync()
-    warm = time.perf_counter() - t0
-    times, loss = [], float("nan")
-    for _ in range(args.steps):
-        sync()
+    def sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def warm_up(self, steps: int) -> None:
+        """Untimed steps (fla's Triton kernels compile and autotune here)."""
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
-        loss = one_step()
-        sync()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    median = times[len(times) // 2]
-    row = {
-        "attention": attention,
-        "backend": attention_backend(model),
-        "length": length,
-        "batch": batch,
-        "tokens_per_step": batch * length,
-        "median_step_s": median,
-        "min_step_s": times[0],
-        "tokens_per_s": batch * length / median,
-        "warmup_s": warm,
-        "loss": loss,
-        "params": sum(p.numel() for p in model.parameters()),
-    }
-    if device.type == "cuda":
-        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    if args.profile:
-        row["profile"] = profile_steps(one_step, sync, args.profile, args.profile_top)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
+        for _ in range(steps):
+            self.one_step()
+        self.sync()
+        self.warmup_s = time.perf_counter() - start
+
+    def time_steps(self, steps: int) -> None:
+        """`steps` CUDA-synchronised steps; their median joins round_medians."""
+        times = []
+        for _ in range(steps):
+            self.sync()
+            start = time.perf_counter()
+            self.loss = self.one_step()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        self.times += times
+        self.round_medians.append(statistics.median(times))
+
+    def row(self, args) -> dict[str, Any]:
+        import torch
+
+        median = statistics.median(self.times)
+        row = {
+            "attention": self.name,
+            "backend": attention_backend(self.model),
+            "length": self.length,
+            "batch": self.batch,
+            "tokens_per_step": self.batch * self.length,
+            "median_step_s": median,
+            "min_step_s": min(self.times),
+            "tokens_per_s": self.batch * self.length / median,
+            "warmup_s": self.warmup_s,
+            "loss": self.loss,
+            "params": sum(p.numel() for p in self.model.parameters()),
+        }
+        if len(self.round_medians) > 1:
+            row["round_median_step_s"] = self.round_medians
+        if self.device.type == "cuda":
+            row["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if args.profile:
+            row["profile"] = profile_steps(self.one_step, self.sync, args.profile, args.profile_top)
+        return row
+
+    def close(self) -> None:
+        import torch
+
+        del self.model, self.optimizer, self.one_step
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run_length(length: int, order: list[str], args, device, start: float) -> list[dict[str, Any]]:
+    """Every attention at one length: one after another (--rounds 1), or built side by side, warmed up, and
+    timed in --rounds interleaved rounds of --steps steps each."""
+    import torch
+
+    rows, configs = [], []
+
+    def budget_left(attention: str) -> bool:
+        elapsed = (time.perf_counter() - start) / 60
+        if elapsed > args.budget_minutes:
+            rows.append({"attention": attention, "length": length, "skipped": f"budget ({elapsed:.1f} min)"})
+            return False
+        return True
+
+    for attention in order:
+        if not budget_left(attention):
+            continue
+        try:
+            config = TrainingConfig(args.size, attention, length, args, device)
+            config.warm_up(args.warmup)
+            if args.rounds == 1:
+                config.time_steps(args.steps)
+                rows.append(config.row(args))
+                config.close()
+                print(json.dumps(rows[-1]), flush=True)
+            else:
+                configs.append(config)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            rows.append({"attention": attention, "length": length, "skipped": "out of memory"})
+    for _ in range(args.rounds if configs else 0):
+        for config in configs:
+            config.time_steps(args.steps)
+    for config in configs:
+        rows.append(config.row(args))
+        config.close()
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def profile_steps(one_step, sync, steps: int, top: int) -> dict[str, Any]:
@@ -203,9 +271,10 @@ def profile_steps(one_step, sync, steps: int, top: int) -> dict[str, Any]:
 
     busy = kernel time / wall time; well below 1 means the step waits on the host (launch-bound).
     """
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     sync()
     with profile(activities=activities) as prof:
         start = time.perf_counter()
@@ -286,7 +355,14 @@ def main(argv=None) -> int:
     p.add_argument("--tokens-per-step", type=int, default=16384)
     p.add_argument("--norm", default="rmsnorm", help="rmsnorm | prepbn (training cost of both branches)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per configuration (per round)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="> 1: keep each length's configurations side by side and "
+        "interleave their timed steps in this many rounds",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps")
     p.add_argument("--profile-top", type=int, default=25, help="kernels listed per profiled row")
@@ -321,21 +397,8 @@ def main(argv=None) -> int:
     # softmax first at each length, so every linear-attention row has its baseline even if time runs out
     order = sorted(args.attentions, key=lambda a: a != "softmax")
     for length in args.lengths:
-        for attention in order:
-            elapsed = (time.perf_counter() - start) / 60
-            if elapsed > args.budget_minutes:
-                rows.append(
-                    {"attention": attention, "length": length, "skipped": f"budget ({elapsed:.1f} min)"}
-                )
-                continue
-            try:
-                row = run_config(args.size, attention, length, args, device)
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                row = {"attention": attention, "length": length, "skipped": "out of memory"}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            _write(args.out / "partial.json", {"rows": rows})  # survives a run cut short by a time limit
+        rows += run_length(length, order, args, device, start)
+        _write(args.out / "partial.json", {"rows": rows})  # survives a run cut short by a time limit
     goals = []
     for length in args.lengths:
         base = next(
@@ -362,6 +425,7 @@ def main(argv=None) -> int:
         "compile": args.compile,
         "tokens_per_step": args.tokens_per_step,
         "steps": args.steps,
+        "rounds": args.rounds,
         "warmup": args.warmup,
         "total_minutes": (time.perf_counter() - start) / 60,
         "rows": rows,
@@ -373,11 +437,13 @@ def main(argv=None) -> int:
     for r in rows:
         if "profile" in r:
             prof = r["profile"]
-            print(
-                f"profile {r['attention']} T {r['length']}: wall {prof['wall_ms']:.1f} ms, kernels "
-                f"{prof['kernel_ms']:.1f} ms (busy {prof['busy']:.2f}), "
+            kernels = (
+                f"kernels {prof['kernel_ms']:.1f} ms (busy {prof['busy']:.2f}), "
                 f"{prof['kernel_launches']:.0f} launches"
+                if prof["kernel_launches"]
+                else "no device kernels (CPU run)"
             )
+            print(f"profile {r['attention']} T {r['length']}: wall {prof['wall_ms']:.1f} ms, {kernels}")
             for k in prof["top"]:
                 print(f"  {k['ms']:8.2f} ms {k['calls']:6.0f}x  {k['kernel']}")
     print(f"total {results['total_minutes']:.1f} min; results: {args.out / 'results.json'}")

@@ -38,11 +38,13 @@ def test_lm_decode_smoke(tmp_path):
 
 def test_lm_train_gpu_smoke_on_cpu(tmp_path):
     out = tmp_path / "train"
-    run("lm_train_gpu.py", "--smoke", "--device", "cpu", "--fp32", "--threads", "1", "--out", str(out))
+    args = ["--smoke", "--device", "cpu", "--fp32", "--threads", "1", "--out", str(out)]
+    run("lm_train_gpu.py", *args, "--attentions", "softmax", "gla", "sla/padded_conv", "--rounds", "2")
     results = json.loads((out / "results.json").read_text())
     rows = [r for r in results["rows"] if "skipped" not in r]
-    assert {r["attention"] for r in rows} == {"softmax", "gla"} and {r["length"] for r in rows} == {64, 128}
-    assert all(r["tokens_per_s"] > 0 for r in rows)
+    assert {r["attention"] for r in rows} == {"softmax", "gla", "sla/padded_conv"}
+    assert {r["length"] for r in rows} == {64, 128}
+    assert all(r["tokens_per_s"] > 0 and len(r["round_median_step_s"]) == 2 for r in rows)
     assert all("speedup_vs_softmax" in r for r in rows if r["attention"] != "softmax")
 
 
