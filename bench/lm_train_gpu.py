@@ -23,7 +23,9 @@ bench/sla_pieces_gpu.py swapped in, side by side with plain sla: sla/chunked_sca
 scan chunk-parallel instead of fla's single-pass chunk_global_cumsum), sla/fused_conv (the short conv as
 torch.compile'd shifted sums instead of cuDNN's depthwise Conv1d with transposes), sla/both, sla/fla_conv
 (fla's Triton causal_conv1d), sla/chunked_scan+fla_conv, sla/padded_conv (cuDNN conv with padding=W-1 in
-place of a concatenated zero history).
+place of a concatenated zero history), sla/triton_normalizer (bench/triton_normalizer.py: the normalizer as
+chunk-parallel Triton kernels that never write the running key sum), and its pairs with padded_conv and
+fla_conv.
 --profile N adds a torch.profiler breakdown of N steps per row (kernel time vs wall time, top kernels).
 --rounds R (> 1) builds a length's configurations side by side (each 350m model with AdamW state is ~5.4 GB)
 and times them interleaved, R rounds of --steps steps each; a row's median is over all its timed steps and its
@@ -72,6 +74,12 @@ def _fused_conv(ops):
     return {"causal_conv1d": sla_pieces_gpu.training_conv_drop_in(conv, ops.causal_conv1d)}
 
 
+def _triton_normalizer(ops):
+    import triton_normalizer
+
+    return {"causal_normalizer_fla": triton_normalizer.triton_normalizer}
+
+
 def _padded_conv(ops):
     import sla_pieces_gpu
 
@@ -94,6 +102,9 @@ SLA_VARIANTS = {
     "both": (_chunked_scan, _fused_conv),
     "fla_conv": (_fla_conv,),
     "padded_conv": (_padded_conv,),
+    "triton_normalizer": (_triton_normalizer,),
+    "triton_normalizer+padded_conv": (_triton_normalizer, _padded_conv),
+    "triton_normalizer+fla_conv": (_triton_normalizer, _fla_conv),
     "chunked_scan+fla_conv": (_chunked_scan, _fla_conv),
 }
 

@@ -9,6 +9,7 @@ inputs, B * T = 16,384 tokens:
   numerator          fla chunk_linear_attn(normalize=False) (or our PyTorch chunk form without fla)
   normalizer_fla     causal_normalizer_fla: fla's Triton scan along T, hand-written backward (the fla path)
   normalizer_chunked candidate: the same with chunked_time_scan (chunk-parallel) as the scan
+  normalizer_triton  candidate: bench/triton_normalizer.py (chunk-parallel Triton kernels; CUDA only)
   normalizer         causal_normalizer, the PyTorch form: cumsum along the innermost axis of a transposed copy
   normalizer_outer   the same sum along T in place (the first H200 run's form): CUDA scans an outer axis
                      with one thread per column
@@ -222,6 +223,10 @@ def main(argv=None) -> int:
                 lambda q, k: causal_normalizer_fla(q, k, None, CAUSAL_SLA_EPS),
                 (q, k),
             )
+        if device.type == "cuda":
+            from triton_normalizer import triton_normalizer
+
+            pieces["normalizer_triton"] = (lambda q, k: triton_normalizer(q, k, None, CAUSAL_SLA_EPS), (q, k))
         pieces["normalizer_chunked"] = (
             lambda q, k: causal_normalizer_fla(q, k, None, CAUSAL_SLA_EPS, scan=chunked_time_scan),
             (q, k),

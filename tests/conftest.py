@@ -10,10 +10,21 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.fixture(scope="session")
-def sla_pieces():
-    """bench/sla_pieces_gpu.py as a module (the candidate SLA training pieces live there)."""
-    spec = importlib.util.spec_from_file_location("bench_sla_pieces_gpu", BENCH / "sla_pieces_gpu.py")
+def load_bench_module(name: str):
+    """bench/<name>.py as a module (benchmark scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def bench_module():
+    """load_bench_module, for tests of the candidate pieces kept in bench/."""
+    return load_bench_module
+
+
+@pytest.fixture(scope="session")
+def sla_pieces():
+    """bench/sla_pieces_gpu.py (the candidate SLA training pieces live there)."""
+    return load_bench_module("sla_pieces_gpu")

@@ -67,3 +67,28 @@ def test_chunked_scan_normalizer_matches_pytorch_form(dtype, sla_pieces):
     assert_rel_close(z_last, z_ref, 1e-5, "final key sum")
     for name, g, g_ref in zip(("q", "k", "z0"), grads, grads_ref):
         assert_rel_close(g, g_ref, 1e-5 if dtype == torch.float32 else 1e-2, f"d{name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 4096, 8, 128), (3, 300, 2, 64)], ids=["B1-T4096", "B3-T300"])
+def test_triton_normalizer_matches_pytorch_form(shape, dtype, bench_module):
+    """bench/triton_normalizer.py compiled for the GPU == causal_normalizer: outputs, final key sum and the
+    gradients of q, k and z0 (its indexing is also checked on CPU through Triton's interpreter)."""
+    module = bench_module("triton_normalizer")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k = (F.relu(torch.randn(*shape, device="cuda", generator=gen)).to(dtype) for _ in range(2))
+    z0 = torch.rand(shape[0], shape[2], shape[3], device="cuda", generator=gen)
+    results = []
+    for fn in (module.triton_normalizer, causal_normalizer):
+        leaves = [x.detach().requires_grad_() for x in (q, k, z0)]
+        den, z_last = fn(*leaves, 1e-6)
+        assert den.dtype == z_last.dtype == torch.float32
+        weights = torch.linspace(-1, 1, den.numel(), device="cuda").view(den.shape)  # signed gradients
+        loss = (den * weights).sum() + z_last.square().sum()
+        results.append((den.detach(), z_last.detach(), torch.autograd.grad(loss, leaves)))
+    (den, z_last, grads), (den_ref, z_ref, grads_ref) = results
+    assert_rel_close(den, den_ref, 1e-5, "denominator")
+    assert_rel_close(z_last, z_ref, 1e-5, "final key sum")
+    for name, g, g_ref in zip(("q", "k", "z0"), grads, grads_ref):
+        assert g.dtype == g_ref.dtype
+        assert_rel_close(g, g_ref, 1e-5 if dtype == torch.float32 else 1e-2, f"d{name}")

@@ -1,0 +1,158 @@
+"""Candidate: causal SLA's normalizer as chunk-parallel Triton kernels that never write the running key sum.
+
+The library's CUDA path (ops.causal_normalizer_fla) writes z_t = z0 + sum_{s<=t} k_s for every t as a
+float32 [B, T, H, K] tensor through fla's single-pass chunk_global_cumsum (parallel over B * H * key blocks
+only: 0.3 ms a call at B 1, T 16k, 8 heads of 128 on the H200), then reads it again for q_t . z_t. Here, per
+chunk of 64 steps:
+
+    forward   S_n = sum of k over chunk n                 (kernel 1, every chunk in parallel)
+              P_n = z0 + S_0 + ... + S_{n-1}                (torch, on the small [B, N, H, K] tensor)
+              den_t = q_t . (P_n + cumsum_chunk(k)_t) + eps (kernel 2, every chunk in parallel)
+    backward  G_n = sum over chunk n of dden_t q_t          (kernel 1 again, on dden * q)
+              R_n = dz_T + G_{n+1} + ... + G_{N-1}          (torch, small)
+              dq_t = dden_t z_t (z_t rebuilt as in the forward),
+              dk_s = R_n + suffix_sum_chunk(dden q)_s       (kernel 3)
+
+Float32 accumulation; q, k read in their own dtype; nothing of size [B, T, H, K] is written besides dq and dk.
+Same arguments and returns as ops.causal_normalizer_fla (den [B, T, H, 1] float32, z_T [B, H, K] float32).
+Equality with causal_normalizer: tests/bench/test_triton_normalizer.py (on a CPU through
+TRITON_INTERPRET=1) and tests/gpu/test_sla_candidates_gpu.py. Training with it:
+lm_train_gpu.py --attentions sla/triton_normalizer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+CHUNK = 64
+NUM_WARPS = 8  # a program holds [64, K] float32 blocks of q, k and z: spread over 256 threads
+
+
+@triton.jit
+def _chunk_sums_kernel(x, w, out, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                       HAS_W: tl.constexpr):  # fmt: skip
+    """out[b, n, h, :] = sum over the chunk's t of (w[b, t, h] *) x[b, t, h, :], float32."""
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = i_n * BT + tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    m_t, m_k = o_t < T, o_k < K
+    rows = (i_b * T + o_t) * H + i_h  # [BT] row index into [B, T, H]
+    m = m_t[:, None] & m_k[None, :]
+    v = tl.load(x + rows[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
+    if HAS_W:
+        v = v * tl.load(w + rows, mask=m_t, other=0.0).to(tl.float32)[:, None]
+    n_chunks = tl.cdiv(T, BT)
+    tl.store(out + ((i_b * n_chunks + i_n) * H + i_h) * K + o_k, tl.sum(v, axis=0), mask=m_k)
+
+
+@triton.jit
+def _den_kernel(q, k, prefix, den, eps, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                BK: tl.constexpr):  # fmt: skip
+    """den[b, t, h] = q_t . (prefix[b, n, h] + cumsum of k inside the chunk up to t) + eps."""
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = i_n * BT + tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    m_t, m_k = o_t < T, o_k < K
+    rows = (i_b * T + o_t) * H + i_h
+    m = m_t[:, None] & m_k[None, :]
+    b_k = tl.load(k + rows[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
+    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
+    n_chunks = tl.cdiv(T, BT)
+    b_p = tl.load(prefix + ((i_b * n_chunks + i_n) * H + i_h) * K + o_k, mask=m_k, other=0.0)
+    b_z = tl.cumsum(b_k, axis=0) + b_p[None, :]
+    tl.store(den + rows, tl.sum(b_q * b_z, axis=1) + eps, mask=m_t)
+
+
+@triton.jit
+def _grad_kernel(q, k, dden, prefix, carry, dq, dk, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                 BK: tl.constexpr):  # fmt: skip
+    """dq_t = dden_t z_t; dk_s = carry[b, n, h] + sum over t >= s inside the chunk of dden_t q_t."""
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = i_n * BT + tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    m_t, m_k = o_t < T, o_k < K
+    rows = (i_b * T + o_t) * H + i_h
+    m = m_t[:, None] & m_k[None, :]
+    offs = rows[:, None] * K + o_k[None, :]
+    b_k = tl.load(k + offs, mask=m, other=0.0).to(tl.float32)
+    b_q = tl.load(q + offs, mask=m, other=0.0).to(tl.float32)
+    b_d = tl.load(dden + rows, mask=m_t, other=0.0).to(tl.float32)
+    n_chunks = tl.cdiv(T, BT)
+    small = ((i_b * n_chunks + i_n) * H + i_h) * K + o_k
+    b_z = tl.cumsum(b_k, axis=0) + tl.load(prefix + small, mask=m_k, other=0.0)[None, :]
+    b_dk = (
+        tl.cumsum(b_d[:, None] * b_q, axis=0, reverse=True)
+        + tl.load(carry + small, mask=m_k, other=0.0)[None, :]
+    )
+    tl.store(dq + offs, (b_d[:, None] * b_z).to(dq.dtype.element_ty), mask=m)
+    tl.store(dk + offs, b_dk.to(dk.dtype.element_ty), mask=m)
+
+
+def _chunk_sums(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """x [B, T, H, K] (weight [B, T, H] or None) -> float32 [B, N, H, K] sums over chunks of CHUNK steps."""
+    b, t, h, d = x.shape
+    n = triton.cdiv(t, CHUNK)
+    out = x.new_empty(b, n, h, d, dtype=torch.float32)
+    _chunk_sums_kernel[(n, b * h)](
+        x, weight if weight is not None else x, out, t, H=h, K=d, BT=CHUNK, BK=triton.next_power_of_2(d),
+        HAS_W=weight is not None,
+    )  # fmt: skip
+    return out
+
+
+def _exclusive_prefix(sums: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Sum of the chunks before each chunk (reverse: after it), along dim 1 of [B, N, H, K]."""
+    if reverse:
+        return _exclusive_prefix(sums.flip(1)).flip(1)
+    return F.pad(sums.cumsum(1)[:, :-1], (0, 0, 0, 0, 1, 0))
+
+
+class _TritonNormalizer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, z0, eps):
+        q, k = q.contiguous(), k.contiguous()
+        b, t, h, d = q.shape
+        sums = _chunk_sums(k)
+        prefix = _exclusive_prefix(sums)
+        z_last = sums.sum(1)
+        if z0 is not None:
+            prefix = prefix + z0.float().unsqueeze(1)
+            z_last = z_last + z0.float()
+        den = q.new_empty(b, t, h, dtype=torch.float32)
+        grid = (triton.cdiv(t, CHUNK), b * h)
+        _den_kernel[grid](
+            q, k, prefix, den, eps, t, H=h, K=d, BT=CHUNK, BK=triton.next_power_of_2(d), num_warps=NUM_WARPS
+        )
+        ctx.save_for_backward(q, k, prefix)
+        ctx.has_z0, ctx.z0_dtype = z0 is not None, None if z0 is None else z0.dtype
+        return den.unsqueeze(-1), z_last
+
+    @staticmethod
+    def backward(ctx, dden, dz_last):
+        q, k, prefix = ctx.saved_tensors
+        b, t, h, d = q.shape
+        dden = dden.squeeze(-1).float().contiguous()
+        dz_last = torch.zeros_like(prefix[:, 0]) if dz_last is None else dz_last.float()
+        grads = _chunk_sums(q, dden)  # G_n
+        carry = _exclusive_prefix(grads, reverse=True) + dz_last.unsqueeze(1)
+        dq, dk = torch.empty_like(q), torch.empty_like(k)
+        grid = (triton.cdiv(t, CHUNK), b * h)
+        _grad_kernel[grid](
+            q, k, dden, prefix, carry, dq, dk, t, H=h, K=d, BT=CHUNK, BK=triton.next_power_of_2(d),
+            num_warps=NUM_WARPS,
+        )  # fmt: skip
+        dz0 = (grads.sum(1) + dz_last).to(ctx.z0_dtype) if ctx.has_z0 else None
+        return dq, dk, dz0, None
+
+
+def triton_normalizer(
+    q: torch.Tensor, k: torch.Tensor, z0: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop-in for ops.causal_normalizer_fla: (den [B, T, H, 1] float32, z_T [B, H, K] float32)."""
+    return _TritonNormalizer.apply(q, k, z0, eps)

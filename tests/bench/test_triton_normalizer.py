@@ -1,0 +1,110 @@
+"""bench/triton_normalizer.py (a candidate for SLA's CUDA training path) == causal_normalizer, on a CPU.
+
+Triton's interpreter (TRITON_INTERPRET=1) runs the same kernels on CPU tensors with numpy, so the kernels'
+indexing, masking and chunk carries are checked here; the compiled kernels:
+tests/gpu/test_sla_candidates_gpu.py. The interpreter must be chosen before triton is first imported (torch
+imports it on the way to slab_edge), so the checks run in a child process started with the variable set:
+`TRITON_INTERPRET=1 python tests/bench/test_triton_normalizer.py` prints one JSON line per case.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+# (T, with z0): inside one chunk, exactly one chunk, a partial third chunk
+CASES = [(t, use_state) for t in (1, 64, 150) for use_state in (False, True)]
+
+
+def check_case(module, t: int, use_state: bool) -> str:
+    """'ok', or the first mismatch: outputs, final key sum and the gradients of q, k (and z0) vs
+    causal_normalizer, signed cotangents; head size 24 is not a power of two, so the key mask is used."""
+    import torch
+    import torch.nn.functional as F
+
+    from slab_edge.ops.causal_sla import causal_normalizer
+    from slab_edge.testing import assert_rel_close
+
+    gen = torch.Generator().manual_seed(t)
+    q, k = (F.relu(torch.randn(2, t, 3, 24, generator=gen)) for _ in range(2))
+    z0 = torch.rand(2, 3, 24, generator=gen) if use_state else None
+    cot_den, cot_z = torch.randn(2, t, 3, 1, generator=gen), torch.randn(2, 3, 24, generator=gen)
+    results = []
+    for fn in (module.triton_normalizer, causal_normalizer):
+        leaves = [x.clone().requires_grad_() for x in (q, k) + ((z0,) if use_state else ())]
+        den, z_last = fn(leaves[0], leaves[1], leaves[2] if use_state else None, 1e-3)
+        loss = (den * cot_den).sum() + (z_last * cot_z).sum()
+        results.append((den.detach(), z_last.detach(), torch.autograd.grad(loss, leaves)))
+    (den, z_last, grads), (den_ref, z_ref, grads_ref) = results
+    try:
+        assert den.shape == den_ref.shape and den.dtype == z_last.dtype == torch.float32, "shape or dtype"
+        assert_rel_close(den, den_ref, 1e-6, "denominator")
+        assert_rel_close(z_last, z_ref, 1e-6, "final key sum")
+        for name, g, g_ref in zip(("q", "k", "z0"), grads, grads_ref):
+            assert g.dtype == g_ref.dtype, f"d{name} dtype"
+            assert_rel_close(g, g_ref, 1e-6, f"d{name}")
+    except AssertionError as error:
+        return str(error)
+    return "ok"
+
+
+def check_bf16(module) -> str:
+    """bf16 q, k (mixed-precision training): float32 outputs, bf16 gradients, sums in float32."""
+    import torch
+    import torch.nn.functional as F
+
+    from slab_edge.ops.causal_sla import causal_normalizer
+    from slab_edge.testing import assert_rel_close
+
+    gen = torch.Generator().manual_seed(0)
+    q, k = (F.relu(torch.randn(1, 100, 2, 16, generator=gen)).bfloat16().requires_grad_() for _ in range(2))
+    den, z_last = module.triton_normalizer(q, k, None, 1e-6)
+    den_ref, _ = causal_normalizer(q.float(), k.float(), None, 1e-6)
+    den.sum().backward()
+    try:
+        assert den.dtype == z_last.dtype == torch.float32, "output dtypes"
+        assert_rel_close(den, den_ref, 1e-6, "denominator")
+        assert q.grad.dtype == k.grad.dtype == torch.bfloat16, "gradient dtypes"
+    except AssertionError as error:
+        return str(error)
+    return "ok"
+
+
+def main() -> None:
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    spec = importlib.util.spec_from_file_location("triton_normalizer", BENCH / "triton_normalizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for t, use_state in CASES:
+        print(json.dumps({"case": [t, use_state], "result": check_case(module, t, use_state)}), flush=True)
+    print(json.dumps({"case": "bf16", "result": check_bf16(module)}), flush=True)
+
+
+@pytest.fixture(scope="module")
+def interpreted_results() -> dict:
+    pytest.importorskip("triton", reason="needs triton (Linux builds of torch bring it)")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {json.dumps(r["case"]): r["result"] for r in lines}
+
+
+@pytest.mark.parametrize("t,use_state", CASES, ids=[f"T{t}-{'z0' if s else 'zero'}" for t, s in CASES])
+def test_triton_normalizer_matches_pytorch_form_with_gradients(interpreted_results, t, use_state):
+    assert interpreted_results[json.dumps([t, use_state])] == "ok"
+
+
+def test_triton_normalizer_reads_bf16_inputs(interpreted_results):
+    assert interpreted_results[json.dumps("bf16")] == "ok"
+
+
+if __name__ == "__main__":
+    main()
