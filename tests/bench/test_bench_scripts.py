@@ -87,3 +87,12 @@ def test_vision_suite_smoke(tmp_path):
     assert row["slab"]["iters"] == row["deit"]["iters"] == 2 and row["latency_ratio_p50"] > 0
     assert 0 < row["flop_ratio"] < 1  # SLA's counted FLOPs below softmax attention's at 224
     assert {"slab", "deit", "gemm_ceiling_gflops"} <= set(results["gflops_bs8_224"])
+
+
+def test_lm_decode_torch_smoke_on_cpu(tmp_path):
+    out = tmp_path / "decode_torch"
+    proc = run("lm_decode_torch.py", "--smoke", "--device", "cpu", "--threads", "1", "--attentions", "sla",
+               "--out", str(out))  # fmt: skip
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert row["attention"] == "sla" and row["rmsnorm_ms"] > 0 and row["prepbn_ms"] > 0
+    assert row["fold_max_abs_logit_diff"] < 1e-3 and "PRepBN / RMSNorm" in proc.stdout
