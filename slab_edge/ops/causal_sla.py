@@ -211,10 +211,25 @@ def causal_linear_attn_fla(
         normalize=False,
     )
     with torch.autocast(device_type=q.device.type, enabled=False):
-        den, z_last = causal_normalizer_fla(q, k, z0, eps)
-        out = (num.float() / den).to(v.dtype)
+        out, z_last = divide_by_normalizer(num, q, k, z0, eps, v.dtype)
     final = (s_final, z_last) if output_final_state else None
     return out, final
+
+
+def divide_by_normalizer(
+    num: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    z0: torch.Tensor | None,
+    eps: float,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(num / causal_normalizer_fla's denominator in out_dtype, z_T float32): the fla path's last step.
+
+    num [B, T, H, V] (q_t S_t from fla), q, k [B, T, H, K], z0 [B, H, K] or None; the division in float32.
+    """
+    den, z_last = causal_normalizer_fla(q, k, z0, eps)
+    return (num.float() / den).to(out_dtype), z_last
 
 
 def time_scan(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
