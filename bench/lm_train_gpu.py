@@ -24,8 +24,8 @@ scan chunk-parallel instead of fla's single-pass chunk_global_cumsum), sla/fused
 torch.compile'd shifted sums instead of cuDNN's depthwise Conv1d with transposes), sla/both, sla/fla_conv
 (fla's Triton causal_conv1d), sla/chunked_scan+fla_conv, sla/padded_conv (cuDNN conv with padding=W-1 in
 place of a concatenated zero history), sla/triton_normalizer (bench/triton_normalizer.py: the normalizer as
-chunk-parallel Triton kernels that never write the running key sum), and its pairs with padded_conv and
-fla_conv.
+chunk-parallel Triton kernels that never write the running key sum), sla/triton_divide (the same with the
+division num / den fused into its kernels), and their pairs with padded_conv and fla_conv.
 --profile N adds a torch.profiler breakdown of N steps per row (kernel time vs wall time, top kernels).
 --rounds R (> 1) builds a length's configurations side by side (each 350m model with AdamW state is ~5.4 GB)
 and times them interleaved, R rounds of --steps steps each; a row's median is over all its timed steps and its
@@ -80,6 +80,12 @@ def _triton_normalizer(ops):
     return {"causal_normalizer_fla": triton_normalizer.triton_normalizer}
 
 
+def _triton_divide(ops):
+    import triton_normalizer
+
+    return {"divide_by_normalizer": triton_normalizer.triton_divide}
+
+
 def _padded_conv(ops):
     import sla_pieces_gpu
 
@@ -105,6 +111,9 @@ SLA_VARIANTS = {
     "triton_normalizer": (_triton_normalizer,),
     "triton_normalizer+padded_conv": (_triton_normalizer, _padded_conv),
     "triton_normalizer+fla_conv": (_triton_normalizer, _fla_conv),
+    "triton_divide": (_triton_divide,),
+    "triton_divide+padded_conv": (_triton_divide, _padded_conv),
+    "triton_divide+fla_conv": (_triton_divide, _fla_conv),
     "chunked_scan+fla_conv": (_chunked_scan, _fla_conv),
 }
 

@@ -14,10 +14,13 @@ chunk of 64 steps:
               dk_s = R_n + suffix_sum_chunk(dden q)_s       (kernel 3)
 
 Float32 accumulation; q, k read in their own dtype; nothing of size [B, T, H, K] is written besides dq and dk.
-Same arguments and returns as ops.causal_normalizer_fla (den [B, T, H, 1] float32, z_T [B, H, K] float32).
+triton_normalizer: same arguments and returns as ops.causal_normalizer_fla (den [B, T, H, 1] float32, z_T
+[B, H, K] float32). triton_divide: a drop-in for ops.divide_by_normalizer, with the division o = num / den
+done by the denominator kernel and its backward (dnum = do / den, dden = -(do . num) / den^2) by the kernel
+that also sums dden * q per chunk, so the division costs no passes of its own.
 Equality with causal_normalizer: tests/bench/test_triton_normalizer.py (on a CPU through
 TRITON_INTERPRET=1) and tests/gpu/test_sla_candidates_gpu.py. Training with it:
-lm_train_gpu.py --attentions sla/triton_normalizer.
+lm_train_gpu.py --attentions sla/triton_normalizer sla/triton_divide.
 """
 
 from __future__ import annotations
@@ -50,9 +53,10 @@ def _chunk_sums_kernel(x, w, out, T, H: tl.constexpr, K: tl.constexpr, BT: tl.co
 
 
 @triton.jit
-def _den_kernel(q, k, prefix, den, eps, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
-                BK: tl.constexpr):  # fmt: skip
-    """den[b, t, h] = q_t . (prefix[b, n, h] + cumsum of k inside the chunk up to t) + eps."""
+def _den_kernel(q, k, prefix, den, num, o, eps, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DIVIDE: tl.constexpr):  # fmt: skip
+    """den[b, t, h] = q_t . (prefix[b, n, h] + cumsum of k inside the chunk up to t) + eps;
+    with DIVIDE also o[b, t, h, :] = num[b, t, h, :] / den[b, t, h] (float32 division, o's dtype)."""
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = i_n * BT + tl.arange(0, BT)
@@ -65,7 +69,40 @@ def _den_kernel(q, k, prefix, den, eps, T, H: tl.constexpr, K: tl.constexpr, BT:
     n_chunks = tl.cdiv(T, BT)
     b_p = tl.load(prefix + ((i_b * n_chunks + i_n) * H + i_h) * K + o_k, mask=m_k, other=0.0)
     b_z = tl.cumsum(b_k, axis=0) + b_p[None, :]
-    tl.store(den + rows, tl.sum(b_q * b_z, axis=1) + eps, mask=m_t)
+    b_den = tl.sum(b_q * b_z, axis=1) + eps
+    tl.store(den + rows, b_den, mask=m_t)
+    if DIVIDE:
+        o_v = tl.arange(0, BV)
+        m_v = m_t[:, None] & (o_v < V)[None, :]
+        offs_v = rows[:, None] * V + o_v[None, :]
+        b_num = tl.load(num + offs_v, mask=m_v, other=0.0).to(tl.float32)
+        tl.store(o + offs_v, (b_num / b_den[:, None]).to(o.dtype.element_ty), mask=m_v)
+
+
+@triton.jit
+def _divide_bwd_kernel(do, num, den, q, dnum, dden, gsum, T, H: tl.constexpr, K: tl.constexpr,
+                       V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):  # fmt: skip
+    """Backward of o = num / den: dnum = do / den, dden = -(do . num) / den^2, and the chunk sums
+    gsum[b, n, h, :] = sum over the chunk of dden_t q_t (the normalizer's backward carry)."""
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = i_n * BT + tl.arange(0, BT)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_t = o_t < T
+    rows = (i_b * T + o_t) * H + i_h
+    m_v = m_t[:, None] & (o_v < V)[None, :]
+    offs_v = rows[:, None] * V + o_v[None, :]
+    b_do = tl.load(do + offs_v, mask=m_v, other=0.0).to(tl.float32)
+    b_num = tl.load(num + offs_v, mask=m_v, other=0.0).to(tl.float32)
+    b_den = tl.load(den + rows, mask=m_t, other=1.0)
+    tl.store(dnum + offs_v, (b_do / b_den[:, None]).to(dnum.dtype.element_ty), mask=m_v)
+    b_dden = -tl.sum(b_do * b_num, axis=1) / (b_den * b_den)
+    tl.store(dden + rows, b_dden, mask=m_t)
+    m_k = m_t[:, None] & (o_k < K)[None, :]
+    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_k, other=0.0).to(tl.float32)
+    n_chunks = tl.cdiv(T, BT)
+    small = ((i_b * n_chunks + i_n) * H + i_h) * K + o_k
+    tl.store(gsum + small, tl.sum(b_dden[:, None] * b_q, axis=0), mask=o_k < K)
 
 
 @triton.jit
@@ -113,42 +150,83 @@ def _exclusive_prefix(sums: torch.Tensor, reverse: bool = False) -> torch.Tensor
     return F.pad(sums.cumsum(1)[:, :-1], (0, 0, 0, 0, 1, 0))
 
 
+def _key_prefix(k: torch.Tensor, z0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z0 + the key sums of the chunks before each chunk [B, N, H, K], z_T [B, H, K]), float32."""
+    sums = _chunk_sums(k)
+    prefix, z_last = _exclusive_prefix(sums), sums.sum(1)
+    if z0 is not None:
+        prefix, z_last = prefix + z0.float().unsqueeze(1), z_last + z0.float()
+    return prefix, z_last
+
+
+def _launch_den(q, k, prefix, eps, num=None, out_dtype=None):
+    """den [B, T, H] float32, and with num also num / den in out_dtype."""
+    b, t, h, d = q.shape
+    den = q.new_empty(b, t, h, dtype=torch.float32)
+    o = None if num is None else torch.empty(num.shape, dtype=out_dtype, device=num.device)
+    dv = d if num is None else num.shape[-1]
+    _den_kernel[(triton.cdiv(t, CHUNK), b * h)](
+        q, k, prefix, den, num if num is not None else q, o if o is not None else den, eps, t, H=h, K=d, V=dv,
+        BT=CHUNK, BK=triton.next_power_of_2(d), BV=triton.next_power_of_2(dv), DIVIDE=num is not None,
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return den, o
+
+
+def _key_grads(ctx, q, k, prefix, dden, grads, dz_last):
+    """(dq, dk, dz0) from dden [B, T, H] float32 and its chunk sums grads = sum_t dden_t q_t [B, N, H, K]."""
+    b, t, h, d = q.shape
+    dz_last = torch.zeros_like(prefix[:, 0]) if dz_last is None else dz_last.float()
+    carry = _exclusive_prefix(grads, reverse=True) + dz_last.unsqueeze(1)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    _grad_kernel[(triton.cdiv(t, CHUNK), b * h)](
+        q, k, dden, prefix, carry, dq, dk, t, H=h, K=d, BT=CHUNK, BK=triton.next_power_of_2(d),
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+    dz0 = (grads.sum(1) + dz_last).to(ctx.z0_dtype) if ctx.z0_dtype is not None else None
+    return dq, dk, dz0
+
+
 class _TritonNormalizer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, z0, eps):
         q, k = q.contiguous(), k.contiguous()
-        b, t, h, d = q.shape
-        sums = _chunk_sums(k)
-        prefix = _exclusive_prefix(sums)
-        z_last = sums.sum(1)
-        if z0 is not None:
-            prefix = prefix + z0.float().unsqueeze(1)
-            z_last = z_last + z0.float()
-        den = q.new_empty(b, t, h, dtype=torch.float32)
-        grid = (triton.cdiv(t, CHUNK), b * h)
-        _den_kernel[grid](
-            q, k, prefix, den, eps, t, H=h, K=d, BT=CHUNK, BK=triton.next_power_of_2(d), num_warps=NUM_WARPS
-        )
+        prefix, z_last = _key_prefix(k, z0)
+        den, _ = _launch_den(q, k, prefix, eps)
         ctx.save_for_backward(q, k, prefix)
-        ctx.has_z0, ctx.z0_dtype = z0 is not None, None if z0 is None else z0.dtype
+        ctx.z0_dtype = None if z0 is None else z0.dtype
         return den.unsqueeze(-1), z_last
 
     @staticmethod
     def backward(ctx, dden, dz_last):
         q, k, prefix = ctx.saved_tensors
-        b, t, h, d = q.shape
         dden = dden.squeeze(-1).float().contiguous()
-        dz_last = torch.zeros_like(prefix[:, 0]) if dz_last is None else dz_last.float()
-        grads = _chunk_sums(q, dden)  # G_n
-        carry = _exclusive_prefix(grads, reverse=True) + dz_last.unsqueeze(1)
-        dq, dk = torch.empty_like(q), torch.empty_like(k)
-        grid = (triton.cdiv(t, CHUNK), b * h)
-        _grad_kernel[grid](
-            q, k, dden, prefix, carry, dq, dk, t, H=h, K=d, BT=CHUNK, BK=triton.next_power_of_2(d),
-            num_warps=NUM_WARPS,
+        return (*_key_grads(ctx, q, k, prefix, dden, _chunk_sums(q, dden), dz_last), None)
+
+
+class _TritonDivide(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, num, q, k, z0, eps, out_dtype):
+        num, q, k = num.contiguous(), q.contiguous(), k.contiguous()
+        prefix, z_last = _key_prefix(k, z0)
+        den, out = _launch_den(q, k, prefix, eps, num, out_dtype)
+        ctx.save_for_backward(num, q, k, prefix, den)
+        ctx.z0_dtype = None if z0 is None else z0.dtype
+        return out, z_last
+
+    @staticmethod
+    def backward(ctx, dout, dz_last):
+        num, q, k, prefix, den = ctx.saved_tensors
+        b, t, h, d = q.shape
+        dv = num.shape[-1]
+        dnum, dden = torch.empty_like(num), torch.empty_like(den)
+        grads = prefix.new_empty(prefix.shape)
+        _divide_bwd_kernel[(triton.cdiv(t, CHUNK), b * h)](
+            dout.contiguous(), num, den, q, dnum, dden, grads, t, H=h, K=d, V=dv, BT=CHUNK,
+            BK=triton.next_power_of_2(d), BV=triton.next_power_of_2(dv), num_warps=NUM_WARPS,
         )  # fmt: skip
-        dz0 = (grads.sum(1) + dz_last).to(ctx.z0_dtype) if ctx.has_z0 else None
-        return dq, dk, dz0, None
+        dq, dk, dz0 = _key_grads(ctx, q, k, prefix, dden, grads, dz_last)
+        return dnum, dq, dk, dz0, None, None
 
 
 def triton_normalizer(
@@ -156,3 +234,16 @@ def triton_normalizer(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop-in for ops.causal_normalizer_fla: (den [B, T, H, 1] float32, z_T [B, H, K] float32)."""
     return _TritonNormalizer.apply(q, k, z0, eps)
+
+
+def triton_divide(
+    num: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    z0: torch.Tensor | None,
+    eps: float,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop-in for ops.divide_by_normalizer: the division fused into the denominator kernel (forward) and
+    into the first backward kernel, so num / den and its gradient take no passes of their own."""
+    return _TritonDivide.apply(num, q, k, z0, eps, out_dtype)

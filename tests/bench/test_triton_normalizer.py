@@ -1,4 +1,4 @@
-"""bench/triton_normalizer.py (a candidate for SLA's CUDA training path) == causal_normalizer, on a CPU.
+"""bench/triton_normalizer.py (candidates for SLA's CUDA training path) == the PyTorch forms, on a CPU.
 
 Triton's interpreter (TRITON_INTERPRET=1) runs the same kernels on CPU tensors with numpy, so the kernels'
 indexing, masking and chunk carries are checked here; the compiled kernels:
@@ -55,6 +55,43 @@ def check_case(module, t: int, use_state: bool) -> str:
     return "ok"
 
 
+def check_divide(module, t: int, use_state: bool) -> str:
+    """'ok', or the first mismatch: triton_divide == num / causal_normalizer's denominator (float32 division),
+    its final key sum, and the gradients of num, q, k (and z0); value size 40 is not a power of two either."""
+    import torch
+    import torch.nn.functional as F
+
+    from slab_edge.ops.causal_sla import causal_normalizer
+    from slab_edge.testing import assert_rel_close
+
+    def reference(num, q, k, z0, eps, out_dtype):
+        den, z_last = causal_normalizer(q, k, z0, eps)
+        return (num.float() / den).to(out_dtype), z_last
+
+    gen = torch.Generator().manual_seed(100 + t)
+    q, k = (F.relu(torch.randn(2, t, 3, 24, generator=gen)) for _ in range(2))
+    num = torch.randn(2, t, 3, 40, generator=gen)
+    z0 = torch.rand(2, 3, 24, generator=gen) if use_state else None
+    cot_out, cot_z = torch.randn(2, t, 3, 40, generator=gen), torch.randn(2, 3, 24, generator=gen)
+    results = []
+    for fn in (module.triton_divide, reference):
+        leaves = [x.clone().requires_grad_() for x in (num, q, k) + ((z0,) if use_state else ())]
+        out, z_last = fn(*leaves[:3], leaves[3] if use_state else None, 1e-3, torch.float32)
+        loss = (out * cot_out).sum() + (z_last * cot_z).sum()
+        results.append((out.detach(), z_last.detach(), torch.autograd.grad(loss, leaves)))
+    (out, z_last, grads), (out_ref, z_ref, grads_ref) = results
+    try:
+        assert out.shape == out_ref.shape and out.dtype == torch.float32, "shape or dtype"
+        assert_rel_close(out, out_ref, 1e-6, "output")
+        assert_rel_close(z_last, z_ref, 1e-6, "final key sum")
+        for name, g, g_ref in zip(("num", "q", "k", "z0"), grads, grads_ref):
+            assert g.dtype == g_ref.dtype, f"d{name} dtype"
+            assert_rel_close(g, g_ref, 1e-5, f"d{name}")
+    except AssertionError as error:
+        return str(error)
+    return "ok"
+
+
 def check_bf16(module) -> str:
     """bf16 q, k (mixed-precision training): float32 outputs, bf16 gradients, sums in float32."""
     import torch
@@ -84,6 +121,8 @@ def main() -> None:
     spec.loader.exec_module(module)
     for t, use_state in CASES:
         print(json.dumps({"case": [t, use_state], "result": check_case(module, t, use_state)}), flush=True)
+        result = check_divide(module, t, use_state)
+        print(json.dumps({"case": ["divide", t, use_state], "result": result}), flush=True)
     print(json.dumps({"case": "bf16", "result": check_bf16(module)}), flush=True)
 
 
@@ -100,6 +139,11 @@ def interpreted_results() -> dict:
 @pytest.mark.parametrize("t,use_state", CASES, ids=[f"T{t}-{'z0' if s else 'zero'}" for t, s in CASES])
 def test_triton_normalizer_matches_pytorch_form_with_gradients(interpreted_results, t, use_state):
     assert interpreted_results[json.dumps([t, use_state])] == "ok"
+
+
+@pytest.mark.parametrize("t,use_state", CASES, ids=[f"T{t}-{'z0' if s else 'zero'}" for t, s in CASES])
+def test_triton_divide_matches_pytorch_form_with_gradients(interpreted_results, t, use_state):
+    assert interpreted_results[json.dumps(["divide", t, use_state])] == "ok"
 
 
 def test_triton_normalizer_reads_bf16_inputs(interpreted_results):

@@ -92,3 +92,35 @@ def test_triton_normalizer_matches_pytorch_form(shape, dtype, bench_module):
     for name, g, g_ref in zip(("q", "k", "z0"), grads, grads_ref):
         assert g.dtype == g_ref.dtype
         assert_rel_close(g, g_ref, 1e-5 if dtype == torch.float32 else 1e-2, f"d{name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_divide_matches_library_division(dtype, bench_module):
+    """triton_divide (division fused into the normalizer kernels) == num / causal_normalizer's denominator in
+    float32, cast to the value dtype (the library's divide_by_normalizer with the PyTorch-form normalizer);
+    outputs, key sum and the gradients of num, q, k and z0 at B1 x T4096 x H8 x 128."""
+    module = bench_module("triton_normalizer")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k = (F.relu(torch.randn(1, 4096, 8, 128, device="cuda", generator=gen)).to(dtype) for _ in range(2))
+    num = torch.randn(1, 4096, 8, 128, device="cuda", generator=gen).to(dtype)
+    z0 = torch.rand(1, 8, 128, device="cuda", generator=gen)
+
+    def reference(num, q, k, z0, eps, out_dtype):
+        den, z_last = causal_normalizer(q, k, z0, eps)
+        return (num.float() / den).to(out_dtype), z_last
+
+    results = []
+    for fn in (module.triton_divide, reference):
+        leaves = [x.detach().requires_grad_() for x in (num, q, k, z0)]
+        out, z_last = fn(*leaves, 1e-6, dtype)
+        assert out.dtype == dtype and z_last.dtype == torch.float32
+        weights = torch.linspace(-1, 1, out.numel(), device="cuda").view(out.shape)
+        loss = (out.float() * weights).sum() + z_last.square().sum()
+        results.append((out.detach(), z_last.detach(), torch.autograd.grad(loss, leaves)))
+    (out, z_last, grads), (out_ref, z_ref, grads_ref) = results
+    rtol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert_rel_close(out, out_ref, rtol, "output")
+    assert_rel_close(z_last, z_ref, 1e-5, "final key sum")
+    for name, g, g_ref in zip(("num", "q", "k", "z0"), grads, grads_ref):
+        assert g.dtype == g_ref.dtype
+        assert_rel_close(g, g_ref, rtol, f"d{name}")
