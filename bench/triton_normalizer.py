@@ -35,21 +35,35 @@ NUM_WARPS = 8  # a program holds [64, K] float32 blocks of q, k and z: spread ov
 
 
 @triton.jit
-def _chunk_sums_kernel(x, w, out, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                       HAS_W: tl.constexpr):  # fmt: skip
-    """out[b, n, h, :] = sum over the chunk's t of (w[b, t, h] *) x[b, t, h, :], float32."""
+def _chunk_block(T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """This program's chunk (grid: chunks x B*H): its rows into [B, T, H] [BT], their mask, the [BT, BK]
+    offsets and mask into [B, T, H, K], and the [BK] offsets and mask of its row of a [B, N, H, K] tensor."""
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = i_n * BT + tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     m_t, m_k = o_t < T, o_k < K
-    rows = (i_b * T + o_t) * H + i_h  # [BT] row index into [B, T, H]
-    m = m_t[:, None] & m_k[None, :]
-    v = tl.load(x + rows[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
+    rows = (i_b * T + o_t) * H + i_h
+    chunk_row = (i_b * tl.cdiv(T, BT) + i_n) * H + i_h
+    return rows, m_t, rows[:, None] * K + o_k[None, :], m_t[:, None] & m_k[None, :], chunk_row * K + o_k, m_k
+
+
+@triton.jit
+def _value_block(rows, m_t, V: tl.constexpr, BV: tl.constexpr):
+    """[BT, BV] offsets and mask of the chunk's rows in a [B, T, H, V] tensor."""
+    o_v = tl.arange(0, BV)
+    return rows[:, None] * V + o_v[None, :], m_t[:, None] & (o_v < V)[None, :]
+
+
+@triton.jit
+def _chunk_sums_kernel(x, w, out, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                       HAS_W: tl.constexpr):  # fmt: skip
+    """out[b, n, h, :] = sum over the chunk's t of (w[b, t, h] *) x[b, t, h, :], float32."""
+    rows, m_t, offs, m, small, m_k = _chunk_block(T, H, K, BT, BK)
+    v = tl.load(x + offs, mask=m, other=0.0).to(tl.float32)
     if HAS_W:
         v = v * tl.load(w + rows, mask=m_t, other=0.0).to(tl.float32)[:, None]
-    n_chunks = tl.cdiv(T, BT)
-    tl.store(out + ((i_b * n_chunks + i_n) * H + i_h) * K + o_k, tl.sum(v, axis=0), mask=m_k)
+    tl.store(out + small, tl.sum(v, axis=0), mask=m_k)
 
 
 @triton.jit
@@ -57,24 +71,14 @@ def _den_kernel(q, k, prefix, den, num, o, eps, T, H: tl.constexpr, K: tl.conste
                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DIVIDE: tl.constexpr):  # fmt: skip
     """den[b, t, h] = q_t . (prefix[b, n, h] + cumsum of k inside the chunk up to t) + eps;
     with DIVIDE also o[b, t, h, :] = num[b, t, h, :] / den[b, t, h] (float32 division, o's dtype)."""
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = i_n * BT + tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    m_t, m_k = o_t < T, o_k < K
-    rows = (i_b * T + o_t) * H + i_h
-    m = m_t[:, None] & m_k[None, :]
-    b_k = tl.load(k + rows[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
-    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
-    n_chunks = tl.cdiv(T, BT)
-    b_p = tl.load(prefix + ((i_b * n_chunks + i_n) * H + i_h) * K + o_k, mask=m_k, other=0.0)
-    b_z = tl.cumsum(b_k, axis=0) + b_p[None, :]
+    rows, m_t, offs, m, small, m_k = _chunk_block(T, H, K, BT, BK)
+    b_k = tl.load(k + offs, mask=m, other=0.0).to(tl.float32)
+    b_q = tl.load(q + offs, mask=m, other=0.0).to(tl.float32)
+    b_z = tl.cumsum(b_k, axis=0) + tl.load(prefix + small, mask=m_k, other=0.0)[None, :]
     b_den = tl.sum(b_q * b_z, axis=1) + eps
     tl.store(den + rows, b_den, mask=m_t)
     if DIVIDE:
-        o_v = tl.arange(0, BV)
-        m_v = m_t[:, None] & (o_v < V)[None, :]
-        offs_v = rows[:, None] * V + o_v[None, :]
+        offs_v, m_v = _value_block(rows, m_t, V, BV)
         b_num = tl.load(num + offs_v, mask=m_v, other=0.0).to(tl.float32)
         tl.store(o + offs_v, (b_num / b_den[:, None]).to(o.dtype.element_ty), mask=m_v)
 
@@ -84,44 +88,26 @@ def _divide_bwd_kernel(do, num, den, q, dnum, dden, gsum, T, H: tl.constexpr, K:
                        V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):  # fmt: skip
     """Backward of o = num / den: dnum = do / den, dden = -(do . num) / den^2, and the chunk sums
     gsum[b, n, h, :] = sum over the chunk of dden_t q_t (the normalizer's backward carry)."""
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = i_n * BT + tl.arange(0, BT)
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
-    m_t = o_t < T
-    rows = (i_b * T + o_t) * H + i_h
-    m_v = m_t[:, None] & (o_v < V)[None, :]
-    offs_v = rows[:, None] * V + o_v[None, :]
+    rows, m_t, offs, m, small, m_k = _chunk_block(T, H, K, BT, BK)
+    offs_v, m_v = _value_block(rows, m_t, V, BV)
     b_do = tl.load(do + offs_v, mask=m_v, other=0.0).to(tl.float32)
     b_num = tl.load(num + offs_v, mask=m_v, other=0.0).to(tl.float32)
     b_den = tl.load(den + rows, mask=m_t, other=1.0)
     tl.store(dnum + offs_v, (b_do / b_den[:, None]).to(dnum.dtype.element_ty), mask=m_v)
     b_dden = -tl.sum(b_do * b_num, axis=1) / (b_den * b_den)
     tl.store(dden + rows, b_dden, mask=m_t)
-    m_k = m_t[:, None] & (o_k < K)[None, :]
-    b_q = tl.load(q + rows[:, None] * K + o_k[None, :], mask=m_k, other=0.0).to(tl.float32)
-    n_chunks = tl.cdiv(T, BT)
-    small = ((i_b * n_chunks + i_n) * H + i_h) * K + o_k
-    tl.store(gsum + small, tl.sum(b_dden[:, None] * b_q, axis=0), mask=o_k < K)
+    b_q = tl.load(q + offs, mask=m, other=0.0).to(tl.float32)
+    tl.store(gsum + small, tl.sum(b_dden[:, None] * b_q, axis=0), mask=m_k)
 
 
 @triton.jit
 def _grad_kernel(q, k, dden, prefix, carry, dq, dk, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
                  BK: tl.constexpr):  # fmt: skip
     """dq_t = dden_t z_t; dk_s = carry[b, n, h] + sum over t >= s inside the chunk of dden_t q_t."""
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = i_n * BT + tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    m_t, m_k = o_t < T, o_k < K
-    rows = (i_b * T + o_t) * H + i_h
-    m = m_t[:, None] & m_k[None, :]
-    offs = rows[:, None] * K + o_k[None, :]
+    rows, m_t, offs, m, small, m_k = _chunk_block(T, H, K, BT, BK)
     b_k = tl.load(k + offs, mask=m, other=0.0).to(tl.float32)
     b_q = tl.load(q + offs, mask=m, other=0.0).to(tl.float32)
     b_d = tl.load(dden + rows, mask=m_t, other=0.0).to(tl.float32)
-    n_chunks = tl.cdiv(T, BT)
-    small = ((i_b * n_chunks + i_n) * H + i_h) * K + o_k
     b_z = tl.cumsum(b_k, axis=0) + tl.load(prefix + small, mask=m_k, other=0.0)[None, :]
     b_dk = (
         tl.cumsum(b_d[:, None] * b_q, axis=0, reverse=True)

@@ -124,13 +124,22 @@ def test_chunk_linear_attn_matches_pytorch_chunk(shape, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", [(1, 4096, 8, 128), (3, 300, 2, 64)], ids=["B1-T4096", "B3-T300"])
-def test_fla_scan_normalizer_matches_pytorch_form(shape, dtype):
-    """causal_normalizer_fla (fla scans forward and reverse) == causal_normalizer, gradients too."""
+@pytest.mark.parametrize("normalizer", ["fla_scan", "chunked_scan", "triton"])
+def test_scan_normalizer_matches_pytorch_form(normalizer, shape, dtype, bench_module):
+    """causal_normalizer_fla (fla scans forward and reverse; with the chunked-scan candidate of
+    bench/sla_pieces_gpu.py) and bench/triton_normalizer.py == causal_normalizer, gradients too."""
+    if normalizer == "fla_scan":
+        candidate = causal_normalizer_fla
+    elif normalizer == "chunked_scan":
+        scan = bench_module("sla_pieces_gpu").chunked_time_scan
+        candidate = lambda *args: causal_normalizer_fla(*args, scan=scan)  # noqa: E731
+    else:
+        candidate = bench_module("triton_normalizer").triton_normalizer
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k = (F.relu(torch.randn(*shape, device="cuda", generator=gen)).to(dtype) for _ in range(2))
     z0 = torch.rand(shape[0], shape[2], shape[3], device="cuda", generator=gen)
     results = []
-    for fn in (causal_normalizer_fla, causal_normalizer):
+    for fn in (candidate, causal_normalizer):
         leaves = [x.detach().requires_grad_() for x in (q, k, z0)]
         den, z_last = fn(*leaves, 1e-6)
         assert den.dtype == z_last.dtype == torch.float32

@@ -1,6 +1,7 @@
-"""The candidate SLA training pieces of bench/sla_pieces_gpu.py on CUDA: the torch.compile'd conv, fla's
-Triton conv and the chunked scan against the library's forms (CPU maths:
-tests/bench/test_sla_candidates.py)."""
+"""The candidate SLA training pieces of bench/ on CUDA: the torch.compile'd conv and fla's Triton conv
+(bench/sla_pieces_gpu.py) and the fused division (bench/triton_normalizer.py) against the library's forms.
+The candidate normalizers: tests/gpu/test_fla_equivalence.py; CPU maths: tests/bench/test_sla_candidates.py,
+tests/bench/test_triton_normalizer.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from slab_edge import testing
 from slab_edge.ops.backend import fla_available
-from slab_edge.ops.causal_sla import causal_conv1d, causal_normalizer, causal_normalizer_fla
+from slab_edge.ops.causal_sla import causal_conv1d, causal_normalizer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_cuda")]
 
@@ -46,52 +47,6 @@ def test_candidate_conv_matches_conv1d(candidate, shape, dtype, sla_pieces):
     for name, g, g_ref in zip(("x", "weight", "bias"), grads, grads_ref):
         assert g.dtype == g_ref.dtype
         assert_rel_close(g, g_ref, rtol, f"d{name}")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_chunked_scan_normalizer_matches_pytorch_form(dtype, sla_pieces):
-    """causal_normalizer_fla with the chunked scan == causal_normalizer at B1 x T4096, gradients too."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k = (F.relu(torch.randn(1, 4096, 8, 128, device="cuda", generator=gen)).to(dtype) for _ in range(2))
-    z0 = torch.rand(1, 8, 128, device="cuda", generator=gen)
-    results = []
-    for fn in (lambda *a: causal_normalizer_fla(*a, scan=sla_pieces.chunked_time_scan), causal_normalizer):
-        leaves = [x.detach().requires_grad_() for x in (q, k, z0)]
-        den, z_last = fn(*leaves, 1e-6)
-        loss = (den * torch.linspace(-1, 1, den.numel(), device="cuda").view(den.shape)).sum()
-        results.append(
-            (den.detach(), z_last.detach(), torch.autograd.grad(loss + z_last.square().sum(), leaves))
-        )
-    (den, z_last, grads), (den_ref, z_ref, grads_ref) = results
-    assert_rel_close(den, den_ref, 1e-5, "denominator")
-    assert_rel_close(z_last, z_ref, 1e-5, "final key sum")
-    for name, g, g_ref in zip(("q", "k", "z0"), grads, grads_ref):
-        assert_rel_close(g, g_ref, 1e-5 if dtype == torch.float32 else 1e-2, f"d{name}")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", [(1, 4096, 8, 128), (3, 300, 2, 64)], ids=["B1-T4096", "B3-T300"])
-def test_triton_normalizer_matches_pytorch_form(shape, dtype, bench_module):
-    """bench/triton_normalizer.py compiled for the GPU == causal_normalizer: outputs, final key sum and the
-    gradients of q, k and z0 (its indexing is also checked on CPU through Triton's interpreter)."""
-    module = bench_module("triton_normalizer")
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k = (F.relu(torch.randn(*shape, device="cuda", generator=gen)).to(dtype) for _ in range(2))
-    z0 = torch.rand(shape[0], shape[2], shape[3], device="cuda", generator=gen)
-    results = []
-    for fn in (module.triton_normalizer, causal_normalizer):
-        leaves = [x.detach().requires_grad_() for x in (q, k, z0)]
-        den, z_last = fn(*leaves, 1e-6)
-        assert den.dtype == z_last.dtype == torch.float32
-        weights = torch.linspace(-1, 1, den.numel(), device="cuda").view(den.shape)  # signed gradients
-        loss = (den * weights).sum() + z_last.square().sum()
-        results.append((den.detach(), z_last.detach(), torch.autograd.grad(loss, leaves)))
-    (den, z_last, grads), (den_ref, z_ref, grads_ref) = results
-    assert_rel_close(den, den_ref, 1e-5, "denominator")
-    assert_rel_close(z_last, z_ref, 1e-5, "final key sum")
-    for name, g, g_ref in zip(("q", "k", "z0"), grads, grads_ref):
-        assert g.dtype == g_ref.dtype
-        assert_rel_close(g, g_ref, 1e-5 if dtype == torch.float32 else 1e-2, f"d{name}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
