@@ -18,14 +18,13 @@ Per configuration: --warmup steps (Triton compiles and autotunes here; the first
 minutes), then --steps timed steps (CUDA-synchronised wall time); tokens/s = tokens per step / median step.
 Goals (issue 5): gla/sla vs softmax >= 1.0x at 8k and >= 1.3x at 16k. A --budget-minutes guard (default
 7.5) skips what is left rather than overrunning; skipped rows are reported as such.
-Experiment rows: an attention written as sla/<variant> trains SLA with candidate pieces from
-bench/sla_pieces_gpu.py swapped in, side by side with plain sla: sla/chunked_scan (the normalizer's key
-scan chunk-parallel instead of fla's single-pass chunk_global_cumsum), sla/fused_conv (the short conv as
-torch.compile'd shifted sums instead of cuDNN's depthwise Conv1d with transposes), sla/both, sla/fla_conv
-(fla's Triton causal_conv1d), sla/chunked_scan+fla_conv, sla/padded_conv (cuDNN conv with padding=W-1 in
-place of a concatenated zero history), sla/triton_normalizer (bench/triton_normalizer.py: the normalizer as
-chunk-parallel Triton kernels that never write the running key sum), sla/triton_divide (the same with the
-division num / den fused into its kernels), and their pairs with padded_conv and fla_conv.
+Experiment rows: an attention written as sla/<piece>[+<piece>...] trains SLA with candidate pieces swapped
+in, side by side with plain sla (SLA_PIECES lists them and what each replaces): chunked_scan (the normalizer's
+key scan chunk-parallel instead of fla's single-pass chunk_global_cumsum), triton_normalizer / triton_divide
+(bench/triton_normalizer.py: the normalizer as chunk-parallel Triton kernels that never write the running key
+sum; the latter with the division num / den fused in), and for the short conv fused_conv (torch.compile'd
+shifted sums), padded_conv (cuDNN with padding=W-1 instead of a concatenated zero history) or fla_conv (fla's
+Triton causal_conv1d). E.g. sla/triton_divide+fla_conv.
 --profile N adds a torch.profiler breakdown of N steps per row (kernel time vs wall time, top kernels).
 --rounds R (> 1) builds a length's configurations side by side (each 350m model with AdamW state is ~5.4 GB)
 and times them interleaved, R rounds of --steps steps each; a row's median is over all its timed steps and its
@@ -61,73 +60,62 @@ def attention_backend(model) -> str:
     return resolve_mode(attn.mode, probe)
 
 
-def _chunked_scan(ops):
-    import sla_pieces_gpu
-
-    return {"_fla_time_scan": sla_pieces_gpu.chunked_time_scan}
-
-
-def _fused_conv(ops):
-    import sla_pieces_gpu
-
-    conv = sla_pieces_gpu.compiled_conv_shifts()
-    return {"causal_conv1d": sla_pieces_gpu.training_conv_drop_in(conv, ops.causal_conv1d)}
-
-
-def _triton_normalizer(ops):
-    import triton_normalizer
-
-    return {"causal_normalizer_fla": triton_normalizer.triton_normalizer}
-
-
-def _triton_divide(ops):
-    import triton_normalizer
-
-    return {"divide_by_normalizer": triton_normalizer.triton_divide}
-
-
-def _padded_conv(ops):
-    import sla_pieces_gpu
-
-    return {
-        "causal_conv1d": sla_pieces_gpu.training_conv_drop_in(sla_pieces_gpu.padded_conv, ops.causal_conv1d)
-    }
-
-
-def _fla_conv(ops):
-    import sla_pieces_gpu
-
-    return {"causal_conv1d": sla_pieces_gpu.training_conv_drop_in(sla_pieces_gpu.fla_conv, ops.causal_conv1d)}
-
-
-# sla/<variant>: SLA trained with candidate pieces of bench/sla_pieces_gpu.py swapped in (module attribute of
-# slab_edge.ops.causal_sla -> replacement), side by side with the library's `sla` in one run
-SLA_VARIANTS = {
-    "chunked_scan": (_chunked_scan,),
-    "fused_conv": (_fused_conv,),
-    "both": (_chunked_scan, _fused_conv),
-    "fla_conv": (_fla_conv,),
-    "padded_conv": (_padded_conv,),
-    "triton_normalizer": (_triton_normalizer,),
-    "triton_normalizer+padded_conv": (_triton_normalizer, _padded_conv),
-    "triton_normalizer+fla_conv": (_triton_normalizer, _fla_conv),
-    "triton_divide": (_triton_divide,),
-    "triton_divide+padded_conv": (_triton_divide, _padded_conv),
-    "triton_divide+fla_conv": (_triton_divide, _fla_conv),
-    "chunked_scan+fla_conv": (_chunked_scan, _fla_conv),
+# sla/<piece>[+<piece>...]: SLA trained with candidate pieces (bench/sla_pieces_gpu.py,
+# bench/triton_normalizer.py) in place of the attribute of slab_edge.ops.causal_sla each one replaces
+SLA_PIECES = {
+    "chunked_scan": "_fla_time_scan",
+    "triton_normalizer": "causal_normalizer_fla",
+    "triton_divide": "divide_by_normalizer",
+    "fused_conv": "causal_conv1d",
+    "padded_conv": "causal_conv1d",
+    "fla_conv": "causal_conv1d",
 }
 
 
+def sla_pieces(attention: str) -> list[str]:
+    """The candidate pieces named by `sla/<piece>+<piece>` ([] for a plain attention). Raises ValueError on an
+    unknown piece or two pieces that replace the same function."""
+    base, _, variant = attention.partition("/")
+    if not variant:
+        return []
+    pieces = variant.split("+")
+    unknown = [piece for piece in pieces if piece not in SLA_PIECES]
+    if base != "sla" or unknown:
+        raise ValueError(
+            f"{attention!r}: variants are sla/<piece>[+<piece>...] with pieces {list(SLA_PIECES)}"
+        )
+    targets = [SLA_PIECES[piece] for piece in pieces]
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"{attention!r}: two pieces replace the same function ({targets})")
+    return pieces
+
+
+def _replacement(piece: str, ops):
+    """The stand-in for ops.<SLA_PIECES[piece]> (imported on use: the candidates need triton or fla)."""
+    import sla_pieces_gpu as candidates
+
+    if piece == "chunked_scan":
+        return candidates.chunked_time_scan
+    if piece.startswith("triton_"):
+        import triton_normalizer
+
+        return getattr(triton_normalizer, piece)
+    convs = {
+        "fused_conv": candidates.compiled_conv_shifts,
+        "padded_conv": lambda: candidates.padded_conv,
+        "fla_conv": lambda: candidates.fla_conv,
+    }
+    return candidates.training_conv_drop_in(convs[piece](), ops.causal_conv1d)
+
+
 @contextlib.contextmanager
-def sla_variant(name: str | None):
-    """Within the block, causal SLA runs with the named variant's replacements (see SLA_VARIANTS)."""
-    if name is None:
+def sla_variant(pieces: list[str]):
+    """Within the block, causal SLA runs with the given candidate pieces swapped in (see SLA_PIECES)."""
+    if not pieces:
         yield
         return
     ops = importlib.import_module("slab_edge.ops.causal_sla")  # the package re-exports same-named functions
-    replacements = {}
-    for make in SLA_VARIANTS[name]:
-        replacements |= make(ops)
+    replacements = {SLA_PIECES[piece]: _replacement(piece, ops) for piece in pieces}
     originals = {attr: getattr(ops, attr) for attr in replacements}
     for attr, replacement in replacements.items():
         setattr(ops, attr, replacement)
@@ -139,7 +127,7 @@ def sla_variant(name: str | None):
 
 
 class TrainingConfig:
-    """One attention (optionally sla/<variant>) at one length: model, optimizer, batch and its timed steps.
+    """One attention (optionally sla/<piece>+...) at one length: model, optimizer, batch and its timed steps.
 
     Several can live side by side so that `--rounds` interleaves their timed steps (A B C A B C ...): a slow
     stretch of the machine then hits every configuration instead of one.
@@ -152,8 +140,8 @@ class TrainingConfig:
         from slab_edge.models.slab_lm import create_slab_lm
 
         self.name, self.length, self.device = attention, length, device
-        base, _, variant = attention.partition("/")
-        self.variant = variant or None
+        base = attention.partition("/")[0]
+        self.pieces = sla_pieces(attention)
         kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
         self.batch = max(args.tokens_per_step // length, 1)
         torch.manual_seed(0)
@@ -169,7 +157,7 @@ class TrainingConfig:
         inputs, targets = ids[:, :-1], ids[:, 1:]
 
         def one_step() -> float:
-            with sla_variant(self.variant):
+            with sla_variant(self.pieces):
                 with amp:
                     logits = step_fn(inputs)
                     loss = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1))
@@ -260,6 +248,11 @@ def run_length(length: int, order: list[str], args, device, start: float) -> lis
             return False
         return True
 
+    def finish(config: TrainingConfig) -> None:
+        rows.append(config.row(args))
+        config.close()
+        print(json.dumps(rows[-1]), flush=True)
+
     for attention in order:
         if not budget_left(attention):
             continue
@@ -268,9 +261,7 @@ def run_length(length: int, order: list[str], args, device, start: float) -> lis
             config.warm_up(args.warmup)
             if args.rounds == 1:
                 config.time_steps(args.steps)
-                rows.append(config.row(args))
-                config.close()
-                print(json.dumps(rows[-1]), flush=True)
+                finish(config)
             else:
                 configs.append(config)
         except torch.cuda.OutOfMemoryError:
@@ -280,9 +271,7 @@ def run_length(length: int, order: list[str], args, device, start: float) -> lis
         for config in configs:
             config.time_steps(args.steps)
     for config in configs:
-        rows.append(config.row(args))
-        config.close()
-        print(json.dumps(rows[-1]), flush=True)
+        finish(config)
     return rows
 
 
@@ -398,6 +387,11 @@ def main(argv=None) -> int:
         args.attentions = (
             args.attentions if args.attentions != ["softmax", "gla", "sla"] else ["softmax", "gla"]
         )
+    for attention in args.attentions:
+        try:
+            sla_pieces(attention)
+        except ValueError as error:
+            p.error(str(error))  # before any model is built
 
     import torch
 
