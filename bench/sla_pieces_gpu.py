@@ -199,16 +199,15 @@ def main(argv=None) -> int:
     results["tokens"] = args.tokens
     # the conv's weight and bias as bf16 leaves (their gradients are part of each conv's backward)
     wb = tuple(t.detach().to(dtype).requires_grad_() for t in (sla.dwc.weight, sla.dwc.bias))
-    convs = {
-        "conv_shifts": lambda x, w, b: (conv_shifts(x, w, b), None),
-        "conv_padded": lambda x, w, b: (padded_conv(x, w, b), None),
-    }
+    convs = {"conv_shifts": conv_shifts, "conv_padded": padded_conv}  # conv(x, weight, bias) -> y
     if device.type == "cuda":
-        convs["conv_fused"] = lambda x, w, b: (compiled_conv_shifts()(x, w, b), None)
+        from triton_normalizer import triton_normalizer
+
+        convs["conv_fused"] = compiled_conv_shifts()
     else:
-        print("conv_fused: skipped off CUDA (torch.compile on a CPU takes longer than the run)")
+        print("conv_fused, normalizer_triton: skipped off CUDA (compiled kernels)")
     if mode == "fla":
-        convs["fla_causal_conv"] = lambda x, w, b: (fla_conv(x, w, b), None)
+        convs["fla_causal_conv"] = fla_conv
     for length in args.lengths:
         batch = max(args.tokens // length, 1)
         gen = torch.Generator(device="cpu").manual_seed(length)
@@ -224,8 +223,6 @@ def main(argv=None) -> int:
                 (q, k),
             )
         if device.type == "cuda":
-            from triton_normalizer import triton_normalizer
-
             pieces["normalizer_triton"] = (lambda q, k: triton_normalizer(q, k, None, CAUSAL_SLA_EPS), (q, k))
         pieces["normalizer_chunked"] = (
             lambda q, k: causal_normalizer_fla(q, k, None, CAUSAL_SLA_EPS, scan=chunked_time_scan),
@@ -240,9 +237,9 @@ def main(argv=None) -> int:
         with torch.no_grad():
             ours = causal_conv1d(x, *wb)[0].float()
             for name, conv in convs.items():
-                row[f"{name}_max_abs_diff"] = float((conv(x, *wb)[0].float() - ours).abs().max())
+                row[f"{name}_max_abs_diff"] = float((conv(x, *wb).float() - ours).abs().max())
         for name, conv in convs.items():
-            pieces[name] = (lambda x, conv=conv: conv(x, *wb)[0], (x,))
+            pieces[name] = (lambda x, conv=conv: conv(x, *wb), (x,))
         for name, (fn, inputs) in pieces.items():
             row[name] = time_fwd_bwd(fn, inputs, device, args.iters, args.warmup)
         with torch.autocast(device_type=device.type, dtype=dtype):
