@@ -159,8 +159,9 @@ def _launch_den(q, k, prefix, eps, num=None, out_dtype=None):
     return den, o
 
 
-def _key_grads(ctx, q, k, prefix, dden, grads, dz_last):
-    """(dq, dk, dz0) from dden [B, T, H] float32 and its chunk sums grads = sum_t dden_t q_t [B, N, H, K]."""
+def _key_grads(q, k, prefix, dden, grads, dz_last, z0_dtype):
+    """(dq, dk, dz0) from dden [B, T, H] float32 and its chunk sums grads = sum_t dden_t q_t [B, N, H, K];
+    dz0 is None when there was no z0 (z0_dtype None)."""
     b, t, h, d = q.shape
     dz_last = torch.zeros_like(prefix[:, 0]) if dz_last is None else dz_last.float()
     carry = _exclusive_prefix(grads, reverse=True) + dz_last.unsqueeze(1)
@@ -169,7 +170,7 @@ def _key_grads(ctx, q, k, prefix, dden, grads, dz_last):
         q, k, dden, prefix, carry, dq, dk, t, H=h, K=d, BT=CHUNK, BK=triton.next_power_of_2(d),
         num_warps=NUM_WARPS,
     )  # fmt: skip
-    dz0 = (grads.sum(1) + dz_last).to(ctx.z0_dtype) if ctx.z0_dtype is not None else None
+    dz0 = (grads.sum(1) + dz_last).to(z0_dtype) if z0_dtype is not None else None
     return dq, dk, dz0
 
 
@@ -187,7 +188,7 @@ class _TritonNormalizer(torch.autograd.Function):
     def backward(ctx, dden, dz_last):
         q, k, prefix = ctx.saved_tensors
         dden = dden.squeeze(-1).float().contiguous()
-        return (*_key_grads(ctx, q, k, prefix, dden, _chunk_sums(q, dden), dz_last), None)
+        return (*_key_grads(q, k, prefix, dden, _chunk_sums(q, dden), dz_last, ctx.z0_dtype), None)
 
 
 class _TritonDivide(torch.autograd.Function):
@@ -211,7 +212,7 @@ class _TritonDivide(torch.autograd.Function):
             dout.contiguous(), num, den, q, dnum, dden, grads, t, H=h, K=d, V=dv, BT=CHUNK,
             BK=triton.next_power_of_2(d), BV=triton.next_power_of_2(dv), num_warps=NUM_WARPS,
         )  # fmt: skip
-        dq, dk, dz0 = _key_grads(ctx, q, k, prefix, dden, grads, dz_last)
+        dq, dk, dz0 = _key_grads(q, k, prefix, dden, grads, dz_last, ctx.z0_dtype)
         return dnum, dq, dk, dz0, None, None
 
 
