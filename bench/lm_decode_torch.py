@@ -21,7 +21,6 @@ the ratio.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -33,17 +32,16 @@ class TorchStep:
     """A decode step with the runtime.benchmark Session interface: run(feed) -> logits (synchronised)."""
 
     def __init__(self, model, device, dtype) -> None:
-        self.model, self.device, self.dtype = model, device, dtype
+        import torch
+
+        self.model, self.device = model, device
+        # one autocast context for the prefill and every step (re-entered, not rebuilt, inside the timing)
+        self.amp = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def run(self, feed: dict):
         import torch
 
-        amp = (
-            torch.autocast(device_type=self.device.type, dtype=self.dtype)
-            if self.dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        with torch.no_grad(), amp:
+        with torch.no_grad(), self.amp:
             logits, _ = self.model.step(feed["token"], feed["state"])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -65,14 +63,12 @@ def measure(size: str, attention: str, args, device, dtype) -> dict[str, Any]:
         if norm == "prepbn":
             # non-trivial BatchNorm statistics, so the fold does real work; then fold for inference
             model, row["fold_max_abs_logit_diff"] = fold_lm(randomize_norm_statistics(model))
-        model = model.to(device)
+        steps[norm] = step = TorchStep(model.to(device), device, dtype)
         gen = torch.Generator(device="cpu").manual_seed(1)
         prompt = torch.randint(0, model.config.vocab_size, (1, args.context), generator=gen).to(device)
-        amp = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
-        with torch.no_grad(), amp:
-            _, state = model.prefill(prompt)
+        with torch.no_grad(), step.amp:
+            _, state = step.model.prefill(prompt)
         feeds[norm] = {"token": prompt[:, -1], "state": state}
-        steps[norm] = TorchStep(model, device, dtype)
     times = time_interleaved(steps, feeds, warmup=args.warmup, iters=args.iters)
     for norm, ts in times.items():
         ms = statistics.median(ts) * 1e3
