@@ -1,7 +1,8 @@
 """The candidate SLA training pieces of bench/sla_pieces_gpu.py against the library's forms (CPU).
 
-bench/lm_train_gpu.py trains with them as sla/chunked_scan, sla/fused_conv and sla/both; these tests make
-sure a speed difference it reports is between equal maths. The compiled conv is tested on the GPU
+bench/lm_train_gpu.py trains with them as sla/chunked_scan, sla/fused_conv, sla/padded_conv (and pairs);
+these tests make sure a speed difference it reports is between equal maths. The normalizer built on the
+chunked scan: tests/ops/test_causal_sla.py. The compiled conv is tested on the GPU
 (tests/gpu/test_sla_candidates_gpu.py): torch.compile on a CPU costs more than this suite's budget.
 """
 
@@ -9,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from slab_edge.ops.causal_sla import causal_conv1d, causal_normalizer, causal_normalizer_fla, time_scan
+from slab_edge.ops.causal_sla import causal_conv1d, time_scan
 from slab_edge.testing import assert_rel_close
 
 
@@ -27,25 +27,6 @@ def test_chunked_time_scan_matches_time_scan(t, reverse, sla_pieces):
     z32 = sla_pieces.chunked_time_scan(x.float(), reverse, chunk=16)
     assert_rel_close(z32, time_scan(x.float(), reverse), 1e-6, "fp32 scan")
     assert sla_pieces.chunked_time_scan(x.bfloat16(), reverse).dtype == torch.float32
-
-
-@pytest.mark.parametrize("use_state", [False, True], ids=["zero", "z0"])
-def test_normalizer_with_chunked_scan_matches_pytorch_form_with_gradients(use_state, sla_pieces):
-    """causal_normalizer_fla with the chunked scan (sla/chunked_scan) == causal_normalizer; gradcheck."""
-    gen = torch.Generator().manual_seed(0)
-    q, k = (F.relu(torch.randn(2, 150, 3, 8, generator=gen)) for _ in range(2))
-    z0 = torch.rand(2, 3, 8, generator=gen) if use_state else None
-    den, z_last = causal_normalizer_fla(q, k, z0, 1e-3, scan=sla_pieces.chunked_time_scan)
-    den_ref, z_ref = causal_normalizer(q, k, z0, 1e-3)
-    assert_rel_close(den, den_ref, 1e-6, "denominator")
-    assert_rel_close(z_last, z_ref, 1e-6, "final key sum")
-    leaves = [x.double().requires_grad_() for x in (q[:, :70], k[:, :70])]
-    if z0 is not None:
-        leaves.append(z0.double().requires_grad_())
-    scan = lambda x, reverse: sla_pieces.chunked_time_scan(x, reverse, chunk=16)  # noqa: E731 (several chunks)
-    assert torch.autograd.gradcheck(
-        lambda q, k, *z0: causal_normalizer_fla(q, k, z0[0] if z0 else None, 1e-3, scan=scan), leaves
-    )
 
 
 @pytest.mark.parametrize("t,width", [(10, 4), (2, 4), (9, 1)], ids=lambda v: str(v))

@@ -103,12 +103,19 @@ def test_normalizer_is_the_running_key_sum(use_state):
 
 
 @pytest.mark.parametrize("use_state", [False, True])
-def test_scan_normalizer_matches_the_pytorch_form_with_gradients(use_state):
-    """causal_normalizer_fla's autograd maths (fla's scans swapped for time_scan) == causal_normalizer, and
-    its hand-written backward passes gradcheck in float64; the fla scan itself is tested on the GPU."""
+@pytest.mark.parametrize("scan", ["time_scan", "chunked_scan"])
+def test_scan_normalizer_matches_the_pytorch_form_with_gradients(scan, use_state, sla_pieces):
+    """causal_normalizer_fla's autograd maths (fla's scans swapped for time_scan, or for the chunk-parallel
+    candidate of bench/sla_pieces_gpu.py with 16-step chunks, so several chunks and a partial last one) ==
+    causal_normalizer, and its hand-written backward passes gradcheck in float64; the fla scan itself is
+    tested on the GPU."""
+    if scan == "time_scan":
+        scan_fn = time_scan
+    else:
+        scan_fn = lambda x, reverse: sla_pieces.chunked_time_scan(x, reverse, chunk=16)  # noqa: E731
     q, k, _, _, z0 = make_inputs(2, 70, 3, 8, 4)
     z0 = z0 if use_state else None
-    den, z_last = causal_normalizer_fla(q, k, z0, 1e-3, scan=time_scan)
+    den, z_last = causal_normalizer_fla(q, k, z0, 1e-3, scan=scan_fn)
     den_ref, z_ref = causal_normalizer(q, k, z0, 1e-3)
     assert den.dtype == z_last.dtype == torch.float32
     assert_rel_close(den, den_ref, 1e-6, "denominator")
@@ -117,7 +124,7 @@ def test_scan_normalizer_matches_the_pytorch_form_with_gradients(use_state):
     if z0 is not None:
         leaves.append(z0.double().requires_grad_())
     assert torch.autograd.gradcheck(
-        lambda q, k, *z0: causal_normalizer_fla(q, k, z0[0] if z0 else None, 1e-3, scan=time_scan),
+        lambda q, k, *z0: causal_normalizer_fla(q, k, z0[0] if z0 else None, 1e-3, scan=scan_fn),
         leaves,
     )
 
