@@ -41,6 +41,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,10 @@ def run_length(length: int, order: list[str], args, device, start: float) -> lis
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             rows.append({"attention": attention, "length": length, "skipped": "out of memory"})
+        except Exception as error:  # a broken candidate (say, a kernel that fails to compile) costs one row
+            traceback.print_exc()
+            failure = f"{type(error).__name__}: {error}"[:300]
+            rows.append({"attention": attention, "length": length, "skipped": failure})
     for _ in range(args.rounds if configs else 0):
         for config in configs:
             config.time_steps(args.steps)
