@@ -18,13 +18,13 @@ Per configuration: --warmup steps (Triton compiles and autotunes here; the first
 minutes), then --steps timed steps (CUDA-synchronised wall time); tokens/s = tokens per step / median step.
 Goals (issue 5): gla/sla vs softmax >= 1.0x at 8k and >= 1.3x at 16k. A --budget-minutes guard (default
 7.5) skips what is left rather than overrunning; skipped rows are reported as such.
-Experiment rows: an attention written as sla/<piece>[+<piece>...] trains SLA with candidate pieces swapped
-in, side by side with plain sla (SLA_PIECES lists them and what each replaces): chunked_scan (the normalizer's
-key scan chunk-parallel instead of fla's single-pass chunk_global_cumsum), triton_normalizer / triton_divide
-(bench/triton_normalizer.py: the normalizer as chunk-parallel Triton kernels that never write the running key
-sum; the latter with the division num / den fused in), and for the short conv fused_conv (torch.compile'd
-shifted sums), padded_conv (cuDNN with padding=W-1 instead of a concatenated zero history) or fla_conv (fla's
-Triton causal_conv1d). E.g. sla/triton_divide+fla_conv.
+Experiment rows: an attention written as sla/<piece>[+<piece>...] trains SLA with other pieces swapped into
+the fla path, side by side with plain sla (SLA_PIECES lists them and what each replaces; off CUDA the chunk
+path runs and the pieces change nothing): scan_divide (the session 3-4 normalizer: fla's single-pass
+chunk_global_cumsum, then a PyTorch division, instead of the chunk-parallel Triton kernels), and for the
+short conv cudnn_conv (the session 3-4 conv: cuDNN over a concatenated zero history, instead of fla's
+causal_conv1d), padded_conv (cuDNN with padding=W-1) or fused_conv (torch.compile'd shifted sums).
+E.g. sla/scan_divide+cudnn_conv is the session 3-4 library.
 --profile N adds a torch.profiler breakdown of N steps per row (kernel time vs wall time, top kernels).
 --rounds R (> 1) builds a length's configurations side by side (each 350m model with AdamW state is ~5.4 GB)
 and times them interleaved, R rounds of --steps steps each; a row's median is over all its timed steps and its
@@ -61,15 +61,13 @@ def attention_backend(model) -> str:
     return resolve_mode(attn.mode, probe)
 
 
-# sla/<piece>[+<piece>...]: SLA trained with candidate pieces (bench/sla_pieces_gpu.py,
-# bench/triton_normalizer.py) in place of the attribute of slab_edge.ops.causal_sla each one replaces
+# sla/<piece>[+<piece>...]: SLA trained with a piece of bench/sla_pieces_gpu.py (second name) in place of the
+# attribute of slab_edge.ops.causal_sla (first name) it replaces
 SLA_PIECES = {
-    "chunked_scan": "_fla_time_scan",
-    "triton_normalizer": "causal_normalizer_fla",
-    "triton_divide": "divide_by_normalizer",
-    "fused_conv": "causal_conv1d",
-    "padded_conv": "causal_conv1d",
-    "fla_conv": "causal_conv1d",
+    "scan_divide": ("divide_by_normalizer", "scan_divide_by_normalizer"),
+    "cudnn_conv": ("causal_conv1d_fla", "cudnn_conv"),
+    "padded_conv": ("causal_conv1d_fla", "padded_conv"),
+    "fused_conv": ("causal_conv1d_fla", "fused_conv"),
 }
 
 
@@ -85,28 +83,10 @@ def sla_pieces(attention: str) -> list[str]:
         raise ValueError(
             f"{attention!r}: variants are sla/<piece>[+<piece>...] with pieces {list(SLA_PIECES)}"
         )
-    targets = [SLA_PIECES[piece] for piece in pieces]
+    targets = [SLA_PIECES[piece][0] for piece in pieces]
     if len(set(targets)) != len(targets):
         raise ValueError(f"{attention!r}: two pieces replace the same function ({targets})")
     return pieces
-
-
-def _replacement(piece: str, ops):
-    """The stand-in for ops.<SLA_PIECES[piece]> (imported on use: the candidates need triton or fla)."""
-    import sla_pieces_gpu as candidates
-
-    if piece == "chunked_scan":
-        return candidates.chunked_time_scan
-    if piece.startswith("triton_"):
-        import triton_normalizer
-
-        return getattr(triton_normalizer, piece)
-    convs = {
-        "fused_conv": candidates.compiled_conv_shifts,
-        "padded_conv": lambda: candidates.padded_conv,
-        "fla_conv": lambda: candidates.fla_conv,
-    }
-    return candidates.training_conv_drop_in(convs[piece](), ops.causal_conv1d)
 
 
 @contextlib.contextmanager
@@ -116,7 +96,9 @@ def sla_variant(pieces: list[str]):
         yield
         return
     ops = importlib.import_module("slab_edge.ops.causal_sla")  # the package re-exports same-named functions
-    replacements = {SLA_PIECES[piece]: _replacement(piece, ops) for piece in pieces}
+    import sla_pieces_gpu as candidates  # imported on use: some pieces need triton or fla
+
+    replacements = {SLA_PIECES[piece][0]: getattr(candidates, SLA_PIECES[piece][1]) for piece in pieces}
     originals = {attr: getattr(ops, attr) for attr in replacements}
     for attr, replacement in replacements.items():
         setattr(ops, attr, replacement)

@@ -7,9 +7,11 @@ It times each piece of the causal SLA token mixer alone at slab-lm-350m's shape 
 inputs, B * T = 16,384 tokens:
 
   numerator          fla chunk_linear_attn(normalize=False) (or our PyTorch chunk form without fla)
-  normalizer_fla     causal_normalizer_fla: fla's Triton scan along T, hand-written backward (the fla path)
+  normalizer_triton  ops.causal_sla_triton.causal_normalizer_triton: chunk-parallel Triton kernels (the fla
+                     path since session 5; CUDA only)
+  normalizer_fla     scan_normalizer: fla's single-pass Triton scan along T, hand-written backward
+                     (sessions 3-4)
   normalizer_chunked candidate: the same with chunked_time_scan (chunk-parallel) as the scan
-  normalizer_triton  candidate: bench/triton_normalizer.py (chunk-parallel Triton kernels; CUDA only)
   normalizer         causal_normalizer, the PyTorch form: cumsum along the innermost axis of a transposed copy
   normalizer_outer   the same sum along T in place (the first H200 run's form): CUDA scans an outer axis
                      with one thread per column
@@ -17,7 +19,7 @@ inputs, B * T = 16,384 tokens:
   conv_shifts        candidate: sum of W shifted products in [B, T, C], eager
   conv_fused         candidate: the same under torch.compile (CUDA only: compiling on a CPU is slow)
   conv_padded        candidate: causal_conv with padding=W-1 in the conv, not a concatenated zero history
-  fla_causal_conv    fla's Triton causal_conv1d on the same input (with fla only)
+  fla_causal_conv    ops.causal_conv1d_fla: fla's Triton causal_conv1d (the fla path's conv since session 5)
   layer              the whole CausalSimplifiedLinearAttention (qkv, the above, proj)
   gla_layer          GatedLinearAttention at the same width, for comparison
 
@@ -46,6 +48,62 @@ def outer_axis_normalizer(q, k, eps: float):
     """The pre-change denominator: cumsum along T (dim 1 of [B, T, H, K]) in place."""
     z = k.float().cumsum(1)
     return (q.float() * z).sum(-1, keepdim=True) + eps, z[:, -1].clone()
+
+
+# The session-3 normalizer (the library's fla path until session 5, now a baseline for A/B runs):
+# fla's single-pass chunk_global_cumsum writes z_t = sum_{s<=t} k_s as float32 [B, T, H, K] and reads it back.
+
+
+def fla_time_scan(x, reverse: bool = False):
+    """time_scan through fla's chunk_global_cumsum (Triton, float32 out, any input dtype)."""
+    import torch
+    from fla.ops.utils import chunk_global_cumsum
+
+    return chunk_global_cumsum(x, reverse=reverse, output_dtype=torch.promote_types(x.dtype, torch.float32))
+
+
+def scan_normalizer(q, k, z0, eps: float, scan=None):
+    """ops.causal_normalizer with a scan along T and a hand-written backward (one reverse scan, no float32
+    copy of k, no [B, H, K, T] transposes). Same arguments and returns; scan(x, reverse) defaults to
+    fla_time_scan (the session-3 form); tests pass time_scan or chunked_time_scan to run it on a CPU."""
+    qz, z_last = _key_sum_dot().apply(q, k, scan or fla_time_scan)
+    if z0 is not None:
+        z0 = z0.to(qz.dtype)
+        qz = qz + (q.to(qz.dtype) * z0.unsqueeze(1)).sum(-1, keepdim=True)
+        z_last = z_last + z0
+    return qz + eps, z_last
+
+
+def scan_divide_by_normalizer(num, q, k, z0, eps: float, out_dtype):
+    """The session-3 ops.causal_sla.divide_by_normalizer: num / scan_normalizer's denominator in float32."""
+    den, z_last = scan_normalizer(q, k, z0, eps)
+    return (num.float() / den).to(out_dtype), z_last
+
+
+@functools.cache
+def _key_sum_dot():
+    """(q . z_t [B, T, H, 1], z_T [B, H, K]) with z_t = sum_{s<=t} k_s, for q, k [B, T, H, K], via scan(), as
+    an autograd Function (built on first use: this script imports torch lazily). Backward: dq_t = dqz_t z_t;
+    dk_s = sum_{t>=s} dqz_t q_t (+ dz_T), one reverse scan. Saves q and z."""
+    import torch
+
+    class KeySumDot(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, scan):
+            z = scan(k, False)  # [B, T, H, K]
+            ctx.save_for_backward(q, z)
+            ctx.scan, ctx.k_dtype = scan, k.dtype
+            return (q.to(z.dtype) * z).sum(-1, keepdim=True), z[:, -1]
+
+        @staticmethod
+        def backward(ctx, dqz, dz_last):
+            q, z = ctx.saved_tensors
+            dq = (dqz * z).to(q.dtype)
+            dz = dqz * q.to(z.dtype)  # [B, T, H, K]: the gradient reaching each running sum z_t
+            dz[:, -1] += dz_last
+            return dq, ctx.scan(dz, True).to(ctx.k_dtype), None
+
+    return KeySumDot
 
 
 def chunked_time_scan(x, reverse: bool = False, chunk: int = 64):
@@ -99,11 +157,17 @@ def compiled_conv_shifts():
     return torch.compile(conv_shifts)
 
 
-def fla_conv(x, weight, bias=None):
-    """Candidate conv: fla's Triton causal_conv1d (one kernel forward, [B, T, C] in place of transposes)."""
-    from fla.modules.causal_conv1d import causal_conv1d  # fla 0.6.0
+def fused_conv(x, weight, bias=None):
+    """compiled_conv_shifts()(x, weight, bias): compiled on the first call."""
+    return compiled_conv_shifts()(x, weight, bias)
 
-    return causal_conv1d(x, weight.reshape(x.shape[-1], -1), bias)[0]
+
+def cudnn_conv(x, weight, bias=None):
+    """The session-4 training conv: ops.causal_conv1d (cuDNN depthwise Conv1d over a concatenated zero
+    history, as [B, C, T]) from zero history; the library's fla path now uses fla's kernel."""
+    from slab_edge.ops.causal_sla import causal_conv1d
+
+    return causal_conv1d(x, weight, bias)[0]
 
 
 def padded_conv(x, weight, bias=None):
@@ -116,18 +180,6 @@ def padded_conv(x, weight, bias=None):
     bias = None if bias is None else bias.to(x.dtype)
     y = F.conv1d(x.transpose(1, 2), w, bias, padding=w.shape[-1] - 1, groups=ch)  # [B, C, T + W-1]
     return y[..., :t].transpose(1, 2)
-
-
-def training_conv_drop_in(conv, fallback):
-    """Candidate drop-in for ops.causal_conv1d: conv(x, weight, bias) from zero history (training);
-    `fallback` (the library's cuDNN conv) where a conv state goes in or out."""
-
-    def causal_conv1d(x, weight, bias=None, conv_state=None, output_final_state=False):
-        if conv_state is None and not output_final_state:
-            return conv(x, weight, bias), None
-        return fallback(x, weight, bias, conv_state, output_final_state)
-
-    return causal_conv1d
 
 
 def time_fwd_bwd(fn, inputs, device, iters: int, warmup: int) -> float:
@@ -180,10 +232,10 @@ def main(argv=None) -> int:
     from slab_edge.ops.causal_sla import (
         CAUSAL_SLA_EPS,
         causal_conv1d,
+        causal_conv1d_fla,
         causal_linear_attn_chunk,
         causal_linear_attn_fla,
         causal_normalizer,
-        causal_normalizer_fla,
     )
 
     device = torch.device(args.device)
@@ -201,13 +253,13 @@ def main(argv=None) -> int:
     wb = tuple(t.detach().to(dtype).requires_grad_() for t in (sla.dwc.weight, sla.dwc.bias))
     convs = {"conv_shifts": conv_shifts, "conv_padded": padded_conv}  # conv(x, weight, bias) -> y
     if device.type == "cuda":
-        from triton_normalizer import triton_normalizer
+        from slab_edge.ops.causal_sla_triton import causal_normalizer_triton
 
         convs["conv_fused"] = compiled_conv_shifts()
     else:
         print("conv_fused, normalizer_triton: skipped off CUDA (compiled kernels)")
     if mode == "fla":
-        convs["fla_causal_conv"] = fla_conv
+        convs["fla_causal_conv"] = causal_conv1d_fla
     for length in args.lengths:
         batch = max(args.tokens // length, 1)
         gen = torch.Generator(device="cpu").manual_seed(length)
@@ -219,13 +271,16 @@ def main(argv=None) -> int:
         }
         if mode == "fla":
             pieces["normalizer_fla"] = (
-                lambda q, k: causal_normalizer_fla(q, k, None, CAUSAL_SLA_EPS),
+                lambda q, k: scan_normalizer(q, k, None, CAUSAL_SLA_EPS),
                 (q, k),
             )
         if device.type == "cuda":
-            pieces["normalizer_triton"] = (lambda q, k: triton_normalizer(q, k, None, CAUSAL_SLA_EPS), (q, k))
+            pieces["normalizer_triton"] = (
+                lambda q, k: causal_normalizer_triton(q, k, None, CAUSAL_SLA_EPS),
+                (q, k),
+            )
         pieces["normalizer_chunked"] = (
-            lambda q, k: causal_normalizer_fla(q, k, None, CAUSAL_SLA_EPS, scan=chunked_time_scan),
+            lambda q, k: scan_normalizer(q, k, None, CAUSAL_SLA_EPS, scan=chunked_time_scan),
             (q, k),
         )
         pieces |= {

@@ -19,12 +19,6 @@ def load_bench_module(name: str):
 
 
 @pytest.fixture(scope="session")
-def bench_module():
-    """load_bench_module, for tests of the candidate pieces kept in bench/."""
-    return load_bench_module
-
-
-@pytest.fixture(scope="session")
 def sla_pieces():
     """bench/sla_pieces_gpu.py (the candidate SLA training pieces live there)."""
     return load_bench_module("sla_pieces_gpu")

@@ -3,6 +3,7 @@
 from slab_edge.ops.backend import fla_available, resolve_mode
 from slab_edge.ops.causal_sla import (
     causal_conv1d,
+    causal_conv1d_fla,
     causal_conv1d_step,
     causal_linear_attn_chunk,
     causal_linear_attn_fla,
@@ -16,6 +17,7 @@ from slab_edge.ops.gla import gla_chunk, gla_fla, gla_gate, gla_naive, gla_recur
 
 __all__ = [
     "causal_conv1d",
+    "causal_conv1d_fla",
     "causal_conv1d_step",
     "causal_linear_attn_chunk",
     "causal_linear_attn_fla",

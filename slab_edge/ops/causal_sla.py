@@ -195,8 +195,8 @@ def causal_linear_attn_fla(
     1e-10 and divided by `scale`, the key cumsum is rounded to the input dtype (bf16 in mixed precision),
     and the normalizer state travels as a separate `[B, 1, H, K]` tuple member. To get exactly our semantics
     (eps added to q . z, z in float32, z carried as [B, H, K]) we call it with `scale=1.0, normalize=False`,
-    which returns the plain numerator q_t S_t, and divide by causal_normalizer_fla(...) ourselves; the extra
-    cost is one float32 cumulative sum over [B, T, H, K]. Shapes and returns as causal_linear_attn_chunk.
+    which returns the plain numerator q_t S_t, and divide it by q_t . z_t + eps in divide_by_normalizer
+    (chunk-parallel Triton kernels, ops/causal_sla_triton.py). Shapes and returns as causal_linear_attn_chunk.
     """
     from fla.ops.linear_attn import chunk_linear_attn
 
@@ -224,12 +224,15 @@ def divide_by_normalizer(
     eps: float,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(num / causal_normalizer_fla's denominator in out_dtype, z_T float32): the fla path's last step.
+    """(num / (q_t . z_t + eps) in out_dtype, z_T [B, H, K] float32): the fla path's last step, on CUDA.
 
-    num [B, T, H, V] (q_t S_t from fla), q, k [B, T, H, K], z0 [B, H, K] or None; the division in float32.
+    num [B, T, H, V] (q_t S_t from fla), q, k [B, T, H, K], z0 [B, H, K] or None. Float32 sums and division
+    in Triton kernels (causal_sla_triton.divide_by_normalizer_triton); the PyTorch form of the same maths is
+    (num.float() / causal_normalizer(q, k, z0, eps)[0]).to(out_dtype).
     """
-    den, z_last = causal_normalizer_fla(q, k, z0, eps)
-    return (num.float() / den).to(out_dtype), z_last
+    from slab_edge.ops.causal_sla_triton import divide_by_normalizer_triton
+
+    return divide_by_normalizer_triton(num, q, k, z0, eps, out_dtype)
 
 
 def time_scan(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
@@ -255,61 +258,13 @@ def causal_normalizer(
     Returns:
         den [B, T, H, 1] float32; z [B, H, K] float32.
 
-    PyTorch form (any device; the reference for causal_normalizer_fla), with plain autograd.
+    PyTorch form (any device; the reference for the Triton kernels of causal_sla_triton), plain autograd.
     """
     z = time_scan(k.float())  # [B, T, H, K]
     if z0 is not None:
         z = z + z0.float().unsqueeze(1)
     den = (q.float() * z).sum(-1, keepdim=True) + eps  # [B, T, H, 1]
     return den, z[:, -1]
-
-
-def causal_normalizer_fla(
-    q: torch.Tensor, k: torch.Tensor, z0: torch.Tensor | None, eps: float, scan=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """causal_normalizer on CUDA with fla's Triton scan along T (float32 accumulation), forward and backward.
-
-    Same arguments and returns; `scan(x, reverse)` replaces fla's scan (tests run the same autograd maths on
-    CPU with time_scan). Reads k in its own dtype, without the float32 copy and transposes of the PyTorch
-    form: on the H200 the denominator's forward + backward costs a fraction of it (bench/sla_pieces_gpu.py).
-    """
-    qz, z_last = _KeySumDot.apply(q, k, scan or _fla_time_scan)
-    if z0 is not None:
-        z0 = z0.to(qz.dtype)
-        qz = qz + (q.to(qz.dtype) * z0.unsqueeze(1)).sum(-1, keepdim=True)
-        z_last = z_last + z0
-    return qz + eps, z_last
-
-
-def _fla_time_scan(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """time_scan through fla's chunk_global_cumsum (Triton, float32 out, any input dtype)."""
-    from fla.ops.utils import chunk_global_cumsum
-
-    return chunk_global_cumsum(x, reverse=reverse, output_dtype=_compute_dtype(x.dtype))
-
-
-class _KeySumDot(torch.autograd.Function):
-    """(q . z_t [B, T, H, 1], z_T [B, H, K]) with z_t = sum_{s<=t} k_s, for q, k [B, T, H, K], via scan().
-
-    Float32 (float64 stays float64). Backward: dq_t = dqz_t z_t; dk_s = sum_{t>=s} dqz_t q_t (+ dz_T): one
-    reverse scan. Saves q and z; no [B, H, K, T] copies.
-    """
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, scan) -> tuple[torch.Tensor, torch.Tensor]:
-        z = scan(k, False)  # [B, T, H, K]
-        ctx.save_for_backward(q, z)
-        ctx.scan, ctx.k_dtype = scan, k.dtype
-        return (q.to(z.dtype) * z).sum(-1, keepdim=True), z[:, -1]
-
-    @staticmethod
-    def backward(ctx, dqz: torch.Tensor, dz_last: torch.Tensor):
-        q, z = ctx.saved_tensors
-        dq = (dqz * z).to(q.dtype)
-        dz = dqz * q.to(z.dtype)  # [B, T, H, K]: the gradient reaching each running sum z_t
-        dz[:, -1] += dz_last
-        dk = ctx.scan(dz, True).to(ctx.k_dtype)
-        return dq, dk, None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -345,6 +300,22 @@ def causal_conv1d(
     y = F.conv1d(padded, w.to(xt.dtype), None if bias is None else bias.to(xt.dtype), groups=ch)  # [B, C, T]
     new_state = padded[..., padded.shape[-1] - (width - 1) :] if output_final_state else None
     return y.transpose(1, 2), new_state
+
+
+def causal_conv1d_fla(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """causal_conv1d from zero history on CUDA through fla's Triton causal_conv1d (training path).
+
+    x [B, T, C], weight [C, 1, W] or [C, W], bias [C] or None -> y [B, T, C] in x's dtype. One kernel each
+    way on the [B, T, C] layout, where the cuDNN form pays transposes, a concatenated zero history and three
+    backward kernels: SLA-350m trained at 1.43x -> 1.65x softmax's speed at T = 16k on the H200
+    (bench/README.md).
+    No conv state in or out: prefill and decoding use causal_conv1d.
+    """
+    from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d  # fla >= 0.6
+
+    return fla_causal_conv1d(x, weight.reshape(x.shape[-1], -1), bias)[0]
 
 
 def causal_conv1d_step(
@@ -407,7 +378,8 @@ def causal_sla(
         conv_weight: [H*V, 1, W] depthwise conv over the value channels; conv_bias [H*V] or None.
         state: (S, z, conv_state) from earlier tokens or None.
         output_final_state: also return the state after the last token.
-        mode: "chunk" | "recurrent" | "fla" (CUDA + flash-linear-attention).
+        mode: "chunk" | "recurrent" | "fla" (CUDA + flash-linear-attention: fla's kernels for the attention
+            numerator and, without a state in or out, for the conv; our Triton kernels for the normalizer).
         eps: normalizer eps.
 
     Returns:
@@ -416,13 +388,16 @@ def causal_sla(
     b, t, h, dv = v.shape
     attn_state = None if state is None else (state[0], state[1])
     o, attn_final = _CORES[mode](F.relu(q), F.relu(k), v, eps, attn_state, output_final_state)
-    local, conv_final = causal_conv1d(
-        v.reshape(b, t, h * dv),
-        conv_weight,
-        conv_bias,
-        None if state is None else state[2],
-        output_final_state,
-    )
+    if mode == "fla" and state is None and not output_final_state:
+        local, conv_final = causal_conv1d_fla(v.reshape(b, t, h * dv), conv_weight, conv_bias), None
+    else:
+        local, conv_final = causal_conv1d(
+            v.reshape(b, t, h * dv),
+            conv_weight,
+            conv_bias,
+            None if state is None else state[2],
+            output_final_state,
+        )
     o = o + local.reshape(b, t, h, dv)
     return o, ((*attn_final, conv_final) if output_final_state else None)
 

@@ -1,9 +1,10 @@
-"""The candidate SLA training pieces of bench/sla_pieces_gpu.py against the library's forms (CPU).
+"""The SLA training pieces of bench/sla_pieces_gpu.py (candidates and earlier forms) against the library's
+forms (CPU).
 
-bench/lm_train_gpu.py trains with them as sla/chunked_scan, sla/fused_conv, sla/padded_conv (and pairs);
-these tests make sure a speed difference it reports is between equal maths. The normalizer built on the
-chunked scan: tests/ops/test_causal_sla.py. The compiled conv is tested on the GPU
-(tests/gpu/test_sla_candidates_gpu.py): torch.compile on a CPU costs more than this suite's budget.
+bench/lm_train_gpu.py trains with them as sla/scan_divide, sla/cudnn_conv, sla/fused_conv, sla/padded_conv
+(and pairs); these tests make sure a speed difference it reports is between equal maths. The compiled conv
+and fla's scan are tested on the GPU (tests/gpu/test_causal_sla_gpu.py, test_fla_equivalence.py):
+torch.compile on a CPU costs more than this suite's budget.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slab_edge.ops.causal_sla import causal_conv1d, time_scan
+from slab_edge.ops.causal_sla import causal_conv1d, causal_normalizer, time_scan
 from slab_edge.testing import assert_rel_close
 
 
@@ -54,19 +55,28 @@ def test_candidate_conv_matches_conv1d_with_gradients(candidate, t, width, with_
         torch.testing.assert_close(g, g_ref)
 
 
-def test_fused_conv_drop_in_leaves_stateful_calls_to_the_library(sla_pieces):
-    """With a conv state in or out (prefill, decoding) the drop-in calls the library conv, unchanged."""
-    calls = []
-
-    def fallback(*args):
-        calls.append(args)
-        return causal_conv1d(*args)
-
-    conv = sla_pieces.training_conv_drop_in(sla_pieces.conv_shifts, fallback)
-    x, w = torch.randn(1, 5, 4), torch.randn(4, 1, 3)
-    state = torch.randn(1, 4, 2)
-    y, new_state = conv(x, w, None, state, True)
-    y_ref, state_ref = causal_conv1d(x, w, None, state, True)
-    torch.testing.assert_close(y, y_ref)
-    torch.testing.assert_close(new_state, state_ref)
-    assert len(calls) == 1
+@pytest.mark.parametrize("use_state", [False, True], ids=["zero", "z0"])
+@pytest.mark.parametrize("scan", ["time_scan", "chunked_scan"])
+def test_scan_normalizer_matches_the_pytorch_form_with_gradients(scan, use_state, sla_pieces):
+    """scan_normalizer's autograd maths (the session 3-4 fla path, fla's scans swapped for time_scan, or for
+    chunked_time_scan with 16-step chunks, so several chunks and a partial last one) == causal_normalizer,
+    and its hand-written backward passes gradcheck in float64; fla's scan itself is tested on the GPU."""
+    if scan == "time_scan":
+        scan_fn = time_scan
+    else:
+        scan_fn = lambda x, reverse: sla_pieces.chunked_time_scan(x, reverse, chunk=16)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.relu(torch.randn(2, 70, 3, 8, generator=gen)) for _ in range(2))
+    z0 = torch.rand(2, 3, 8, generator=gen) * 5 if use_state else None
+    den, z_last = sla_pieces.scan_normalizer(q, k, z0, 1e-3, scan=scan_fn)
+    den_ref, z_ref = causal_normalizer(q, k, z0, 1e-3)
+    assert den.dtype == z_last.dtype == torch.float32
+    assert_rel_close(den, den_ref, 1e-6, "denominator")
+    assert_rel_close(z_last, z_ref, 1e-6, "final key sum")
+    leaves = [x.double().requires_grad_() for x in (q[:, :20], k[:, :20])]
+    if z0 is not None:
+        leaves.append(z0.double().requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda q, k, *z0: sla_pieces.scan_normalizer(q, k, z0[0] if z0 else None, 1e-3, scan=scan_fn),
+        leaves,
+    )

@@ -16,7 +16,6 @@ from slab_edge.ops.causal_sla import (
     causal_linear_attn_chunk,
     causal_linear_attn_fla,
     causal_normalizer,
-    causal_normalizer_fla,
 )
 from slab_edge.ops.gla import gla_chunk, gla_fla, gla_gate
 
@@ -124,17 +123,16 @@ def test_chunk_linear_attn_matches_pytorch_chunk(shape, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", [(1, 4096, 8, 128), (3, 300, 2, 64)], ids=["B1-T4096", "B3-T300"])
-@pytest.mark.parametrize("normalizer", ["fla_scan", "chunked_scan", "triton"])
-def test_scan_normalizer_matches_pytorch_form(normalizer, shape, dtype, bench_module):
-    """causal_normalizer_fla (fla scans forward and reverse; with the chunked-scan candidate of
-    bench/sla_pieces_gpu.py) and bench/triton_normalizer.py == causal_normalizer, gradients too."""
-    if normalizer == "fla_scan":
-        candidate = causal_normalizer_fla
-    elif normalizer == "chunked_scan":
-        scan = bench_module("sla_pieces_gpu").chunked_time_scan
-        candidate = lambda *args: causal_normalizer_fla(*args, scan=scan)  # noqa: E731
+@pytest.mark.parametrize("normalizer", ["triton", "fla_scan", "chunked_scan"])
+def test_scan_normalizer_matches_pytorch_form(normalizer, shape, dtype, sla_pieces):
+    """The fla path's normalizer (ops/causal_sla_triton.py) and the bench's earlier forms (fla's single-pass
+    scans forward and reverse; the chunked-scan candidate) == causal_normalizer, gradients too."""
+    if normalizer == "triton":
+        from slab_edge.ops.causal_sla_triton import causal_normalizer_triton as candidate
+    elif normalizer == "fla_scan":
+        candidate = sla_pieces.scan_normalizer
     else:
-        candidate = bench_module("triton_normalizer").triton_normalizer
+        candidate = lambda *args: sla_pieces.scan_normalizer(*args, scan=sla_pieces.chunked_time_scan)  # noqa: E731
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k = (F.relu(torch.randn(*shape, device="cuda", generator=gen)).to(dtype) for _ in range(2))
     z0 = torch.rand(shape[0], shape[2], shape[3], device="cuda", generator=gen)

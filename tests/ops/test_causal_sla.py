@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,10 +17,8 @@ from slab_edge.ops.causal_sla import (
     causal_linear_attn_recurrent,
     causal_linear_attn_step,
     causal_normalizer,
-    causal_normalizer_fla,
     causal_sla,
     causal_sla_step,
-    time_scan,
 )
 from slab_edge.testing import assert_rel_close
 
@@ -100,33 +100,6 @@ def test_normalizer_is_the_running_key_sum(use_state):
     expected = (q.double() * running).sum(-1, keepdim=True) + 1e-3
     assert_rel_close(den, expected, 1e-6, "denominator")
     assert_rel_close(z_last, running[:, -1], 1e-6, "final key sum")
-
-
-@pytest.mark.parametrize("use_state", [False, True])
-@pytest.mark.parametrize("scan", ["time_scan", "chunked_scan"])
-def test_scan_normalizer_matches_the_pytorch_form_with_gradients(scan, use_state, sla_pieces):
-    """causal_normalizer_fla's autograd maths (fla's scans swapped for time_scan, or for the chunk-parallel
-    candidate of bench/sla_pieces_gpu.py with 16-step chunks, so several chunks and a partial last one) ==
-    causal_normalizer, and its hand-written backward passes gradcheck in float64; the fla scan itself is
-    tested on the GPU."""
-    if scan == "time_scan":
-        scan_fn = time_scan
-    else:
-        scan_fn = lambda x, reverse: sla_pieces.chunked_time_scan(x, reverse, chunk=16)  # noqa: E731
-    q, k, _, _, z0 = make_inputs(2, 70, 3, 8, 4)
-    z0 = z0 if use_state else None
-    den, z_last = causal_normalizer_fla(q, k, z0, 1e-3, scan=scan_fn)
-    den_ref, z_ref = causal_normalizer(q, k, z0, 1e-3)
-    assert den.dtype == z_last.dtype == torch.float32
-    assert_rel_close(den, den_ref, 1e-6, "denominator")
-    assert_rel_close(z_last, z_ref, 1e-6, "final key sum")
-    leaves = [x.double().requires_grad_() for x in (q[:, :20], k[:, :20])]
-    if z0 is not None:
-        leaves.append(z0.double().requires_grad_())
-    assert torch.autograd.gradcheck(
-        lambda q, k, *z0: causal_normalizer_fla(q, k, z0[0] if z0 else None, 1e-3, scan=scan_fn),
-        leaves,
-    )
 
 
 def test_zero_query_gives_zero_not_nan():
@@ -220,3 +193,33 @@ def test_causal_sla_split_and_steps_match_full(mode):
     assert_rel_close(torch.cat(outs, 1), full, 1e-5, "prefill + steps")
     for a, ref in zip(state, st_full):
         assert_rel_close(a, ref, 1e-5, "state")
+
+
+def test_fla_mode_uses_the_fast_conv_only_without_conv_state(monkeypatch):
+    """mode "fla" runs the conv through causal_conv1d_fla (fla's kernel, zero history, no state out) when
+    training, and through causal_conv1d whenever a conv state goes in or comes out (prefill, decoding).
+    The CUDA kernels are swapped for the chunk core and a recording conv here; their maths: tests/gpu."""
+    module = importlib.import_module("slab_edge.ops.causal_sla")  # not the same-named function
+
+    calls = []
+
+    def recording_conv(x, weight, bias=None):
+        calls.append(x.shape)
+        return causal_conv1d(x, weight, bias)[0]
+
+    monkeypatch.setitem(module._CORES, "fla", module.causal_linear_attn_chunk)
+    monkeypatch.setattr(module, "causal_conv1d_fla", recording_conv)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 30, 2, 8, generator=gen) for _ in range(3))
+    w, bias = torch.randn(16, 1, 4, generator=gen), torch.randn(16, generator=gen)
+    reference, ref_state = causal_sla(q, k, v, w, bias, output_final_state=True, mode="chunk")
+    out, none = causal_sla(q, k, v, w, bias, mode="fla")
+    assert calls == [(2, 30, 16)] and none is None
+    torch.testing.assert_close(out, reference)
+    out, state = causal_sla(q, k, v, w, bias, output_final_state=True, mode="fla")
+    out2, _ = causal_sla(q[:, :5], k[:, :5], v[:, :5], w, bias, state=state, mode="fla")
+    assert len(calls) == 1  # neither call went through the state-less kernel
+    torch.testing.assert_close(out, reference)
+    for a, ref in zip(state, ref_state):
+        torch.testing.assert_close(a, ref)
+    torch.testing.assert_close(out2, causal_sla(q[:, :5], k[:, :5], v[:, :5], w, bias, state=state)[0])

@@ -1,24 +1,22 @@
-"""bench/triton_normalizer.py (candidates for SLA's CUDA training path) == the PyTorch forms, on a CPU.
+"""ops/causal_sla_triton.py (the normalizer kernels of SLA's fla training path) == the PyTorch forms, on CPU.
 
 Triton's interpreter (TRITON_INTERPRET=1) runs the same kernels on CPU tensors with numpy, so the kernels'
 indexing, masking and chunk carries are checked here; the compiled kernels:
-tests/gpu/test_sla_candidates_gpu.py. The interpreter must be chosen before triton is first imported (torch
+tests/gpu/test_causal_sla_gpu.py. The interpreter must be chosen before triton is first imported (torch
 imports it on the way to slab_edge), so the checks run in a child process started with the variable set:
-`TRITON_INTERPRET=1 python tests/bench/test_triton_normalizer.py` prints one JSON line per case.
+`TRITON_INTERPRET=1 python tests/ops/test_causal_sla_triton.py` prints one JSON line per case.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 # (T, with z0): inside one chunk, exactly one chunk, a partial third chunk
 CASES = [(t, use_state) for t in (1, 64, 150) for use_state in (False, True)]
 
@@ -37,7 +35,7 @@ def check_case(module, t: int, use_state: bool) -> str:
     z0 = torch.rand(2, 3, 24, generator=gen) if use_state else None
     cot_den, cot_z = torch.randn(2, t, 3, 1, generator=gen), torch.randn(2, 3, 24, generator=gen)
     results = []
-    for fn in (module.triton_normalizer, causal_normalizer):
+    for fn in (module.causal_normalizer_triton, causal_normalizer):
         leaves = [x.clone().requires_grad_() for x in (q, k) + ((z0,) if use_state else ())]
         den, z_last = fn(leaves[0], leaves[1], leaves[2] if use_state else None, 1e-3)
         loss = (den * cot_den).sum() + (z_last * cot_z).sum()
@@ -56,8 +54,9 @@ def check_case(module, t: int, use_state: bool) -> str:
 
 
 def check_divide(module, t: int, use_state: bool) -> str:
-    """'ok', or the first mismatch: triton_divide == num / causal_normalizer's denominator (float32 division),
-    its final key sum, and the gradients of num, q, k (and z0); value size 40 is not a power of two either."""
+    """'ok', or the first mismatch: divide_by_normalizer_triton == num / causal_normalizer's denominator
+    (float32 division), its final key sum, and the gradients of num, q, k (and z0); value size 40 is not a
+    power of two either."""
     import torch
     import torch.nn.functional as F
 
@@ -74,7 +73,7 @@ def check_divide(module, t: int, use_state: bool) -> str:
     z0 = torch.rand(2, 3, 24, generator=gen) if use_state else None
     cot_out, cot_z = torch.randn(2, t, 3, 40, generator=gen), torch.randn(2, 3, 24, generator=gen)
     results = []
-    for fn in (module.triton_divide, reference):
+    for fn in (module.divide_by_normalizer_triton, reference):
         leaves = [x.clone().requires_grad_() for x in (num, q, k) + ((z0,) if use_state else ())]
         out, z_last = fn(*leaves[:3], leaves[3] if use_state else None, 1e-3, torch.float32)
         loss = (out * cot_out).sum() + (z_last * cot_z).sum()
@@ -102,7 +101,7 @@ def check_bf16(module) -> str:
 
     gen = torch.Generator().manual_seed(0)
     q, k = (F.relu(torch.randn(1, 100, 2, 16, generator=gen)).bfloat16().requires_grad_() for _ in range(2))
-    den, z_last = module.triton_normalizer(q, k, None, 1e-6)
+    den, z_last = module.causal_normalizer_triton(q, k, None, 1e-6)
     den_ref, _ = causal_normalizer(q.float(), k.float(), None, 1e-6)
     den.sum().backward()
     try:
@@ -116,9 +115,7 @@ def check_bf16(module) -> str:
 
 def main() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    spec = importlib.util.spec_from_file_location("triton_normalizer", BENCH / "triton_normalizer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("slab_edge.ops.causal_sla_triton")
     for t, use_state in CASES:
         print(json.dumps({"case": [t, use_state], "result": check_case(module, t, use_state)}), flush=True)
         result = check_divide(module, t, use_state)

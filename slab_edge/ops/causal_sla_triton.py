@@ -1,26 +1,27 @@
-"""Candidate: causal SLA's normalizer as chunk-parallel Triton kernels that never write the running key sum.
+"""Causal SLA's normalizer and division as chunk-parallel Triton kernels: the fla training path's last step.
 
-The library's CUDA path (ops.causal_normalizer_fla) writes z_t = z0 + sum_{s<=t} k_s for every t as a
-float32 [B, T, H, K] tensor through fla's single-pass chunk_global_cumsum (parallel over B * H * key blocks
-only: 0.3 ms a call at B 1, T 16k, 8 heads of 128 on the H200), then reads it again for q_t . z_t. Here, per
-chunk of 64 steps:
+causal_linear_attn_fla gets the numerator q_t S_t from fla's chunk_linear_attn and divides it here by
+den_t = q_t . z_t + eps with z_t = z0 + sum_{s<=t} k_s, without ever writing z_t: per chunk of 64 steps
 
     forward   S_n = sum of k over chunk n                 (kernel 1, every chunk in parallel)
               P_n = z0 + S_0 + ... + S_{n-1}                (torch, on the small [B, N, H, K] tensor)
-              den_t = q_t . (P_n + cumsum_chunk(k)_t) + eps (kernel 2, every chunk in parallel)
-    backward  G_n = sum over chunk n of dden_t q_t          (kernel 1 again, on dden * q)
+              den_t = q_t . (P_n + cumsum_chunk(k)_t) + eps (kernel 2, every chunk in parallel; with the
+              o_t = num_t / den_t                            division fused into the same kernel)
+    backward  dnum_t = do_t / den_t, dden_t = -(do_t . num_t) / den_t^2, and
+              G_n = sum over chunk n of dden_t q_t          (kernel 3, or kernel 1 on dden * q)
               R_n = dz_T + G_{n+1} + ... + G_{N-1}          (torch, small)
               dq_t = dden_t z_t (z_t rebuilt as in the forward),
-              dk_s = R_n + suffix_sum_chunk(dden q)_s       (kernel 3)
+              dk_s = R_n + suffix_sum_chunk(dden q)_s       (kernel 4)
 
-Float32 accumulation; q, k read in their own dtype; nothing of size [B, T, H, K] is written besides dq and dk.
-triton_normalizer: same arguments and returns as ops.causal_normalizer_fla (den [B, T, H, 1] float32, z_T
-[B, H, K] float32). triton_divide: a drop-in for ops.divide_by_normalizer, with the division o = num / den
-done by the denominator kernel and its backward (dnum = do / den, dden = -(do . num) / den^2) by the kernel
-that also sums dden * q per chunk, so the division costs no passes of its own.
-Equality with causal_normalizer: tests/bench/test_triton_normalizer.py (on a CPU through
-TRITON_INTERPRET=1) and tests/gpu/test_sla_candidates_gpu.py. Training with it:
-lm_train_gpu.py --attentions sla/triton_normalizer sla/triton_divide.
+Float32 accumulation; q, k, num read in their own dtype; nothing of size [B, T, H, K] is written besides dq
+and dk. The earlier form (fla's single-pass chunk_global_cumsum, parallel over B * H * key blocks only,
+writing z_t as float32 and reading it back) trained SLA-350m at 1.24x softmax's speed at T = 16k on the H200,
+these kernels at 1.43x (bench/README.md, "Session 5").
+
+causal_normalizer_triton: den [B, T, H, 1] float32 and z_T [B, H, K] float32, like ops.causal_normalizer.
+divide_by_normalizer_triton: (num / den in out_dtype, z_T), like ops.causal_sla.divide_by_normalizer.
+Proven against the PyTorch forms on a CPU through Triton's interpreter (tests/ops/test_causal_sla_triton.py)
+and compiled on CUDA (tests/gpu/test_causal_sla_gpu.py). Import needs triton (it comes with fla).
 """
 
 from __future__ import annotations
@@ -216,14 +217,16 @@ class _TritonDivide(torch.autograd.Function):
         return dnum, dq, dk, dz0, None, None
 
 
-def triton_normalizer(
+def causal_normalizer_triton(
     q: torch.Tensor, k: torch.Tensor, z0: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop-in for ops.causal_normalizer_fla: (den [B, T, H, 1] float32, z_T [B, H, K] float32)."""
+    """ops.causal_normalizer as Triton kernels: (den [B, T, H, 1] float32, z_T [B, H, K] float32).
+
+    q, k [B, T, H, K] on CUDA (or under TRITON_INTERPRET=1), z0 [B, H, K] or None."""
     return _TritonNormalizer.apply(q, k, z0, eps)
 
 
-def triton_divide(
+def divide_by_normalizer_triton(
     num: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -231,6 +234,8 @@ def triton_divide(
     eps: float,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop-in for ops.divide_by_normalizer: the division fused into the denominator kernel (forward) and
-    into the first backward kernel, so num / den and its gradient take no passes of their own."""
+    """(num / den in out_dtype, z_T [B, H, K] float32), den = q_t . z_t + eps as causal_normalizer_triton.
+
+    num [B, T, H, V] (q_t S_t), q, k [B, T, H, K], z0 [B, H, K] or None. The division is done by the
+    denominator kernel (forward) and its gradient by the first backward kernel: no passes of their own."""
     return _TritonDivide.apply(num, q, k, z0, eps, out_dtype)
