@@ -50,7 +50,7 @@ def outer_axis_normalizer(q, k, eps: float):
     return (q.float() * z).sum(-1, keepdim=True) + eps, z[:, -1].clone()
 
 
-# The session-3 normalizer (the library's fla path until session 5, now a baseline for A/B runs):
+# The fla path's normalizer of sessions 3-4 (replaced in session 5, kept as the baseline for A/B runs):
 # fla's single-pass chunk_global_cumsum writes z_t = sum_{s<=t} k_s as float32 [B, T, H, K] and reads it back.
 
 
@@ -65,7 +65,7 @@ def fla_time_scan(x, reverse: bool = False):
 def scan_normalizer(q, k, z0, eps: float, scan=None):
     """ops.causal_normalizer with a scan along T and a hand-written backward (one reverse scan, no float32
     copy of k, no [B, H, K, T] transposes). Same arguments and returns; scan(x, reverse) defaults to
-    fla_time_scan (the session-3 form); tests pass time_scan or chunked_time_scan to run it on a CPU."""
+    fla_time_scan (the sessions 3-4 form); tests pass time_scan or chunked_time_scan to run it on a CPU."""
     qz, z_last = _key_sum_dot().apply(q, k, scan or fla_time_scan)
     if z0 is not None:
         z0 = z0.to(qz.dtype)
@@ -75,7 +75,7 @@ def scan_normalizer(q, k, z0, eps: float, scan=None):
 
 
 def scan_divide_by_normalizer(num, q, k, z0, eps: float, out_dtype):
-    """The session-3 ops.causal_sla.divide_by_normalizer: num / scan_normalizer's denominator in float32."""
+    """ops.causal_sla.divide_by_normalizer of sessions 3-4: num / scan_normalizer's denominator, float32."""
     den, z_last = scan_normalizer(q, k, z0, eps)
     return (num.float() / den).to(out_dtype), z_last
 
@@ -163,8 +163,8 @@ def fused_conv(x, weight, bias=None):
 
 
 def cudnn_conv(x, weight, bias=None):
-    """The session-4 training conv: ops.causal_conv1d (cuDNN depthwise Conv1d over a concatenated zero
-    history, as [B, C, T]) from zero history; the library's fla path now uses fla's kernel."""
+    """The fla path's training conv of sessions 2-4: ops.causal_conv1d (cuDNN depthwise Conv1d over a
+    concatenated zero history, as [B, C, T]) from zero history; the fla path now uses causal_conv1d_fla."""
     from slab_edge.ops.causal_sla import causal_conv1d
 
     return causal_conv1d(x, weight, bias)[0]
