@@ -62,12 +62,15 @@ def attention_backend(model) -> str:
 
 
 # sla/<piece>[+<piece>...]: SLA trained with a piece of bench/sla_pieces_gpu.py (second name) in place of the
-# attribute of slab_edge.ops.causal_sla (first name) it replaces
+# library function (first name: module.attribute) it replaces
 SLA_PIECES = {
-    "scan_divide": ("divide_by_normalizer", "scan_divide_by_normalizer"),
-    "cudnn_conv": ("causal_conv1d_fla", "cudnn_conv"),
-    "padded_conv": ("causal_conv1d_fla", "padded_conv"),
-    "fused_conv": ("causal_conv1d_fla", "fused_conv"),
+    "scan_divide": (
+        "slab_edge.ops.causal_sla_triton.divide_by_normalizer_triton",
+        "scan_divide_by_normalizer",
+    ),
+    "cudnn_conv": ("slab_edge.ops.causal_sla.causal_conv1d_fla", "cudnn_conv"),
+    "padded_conv": ("slab_edge.ops.causal_sla.causal_conv1d_fla", "padded_conv"),
+    "fused_conv": ("slab_edge.ops.causal_sla.causal_conv1d_fla", "fused_conv"),
 }
 
 
@@ -95,18 +98,20 @@ def sla_variant(pieces: list[str]):
     if not pieces:
         yield
         return
-    ops = importlib.import_module("slab_edge.ops.causal_sla")  # the package re-exports same-named functions
     import sla_pieces_gpu as candidates  # imported on use: some pieces need triton or fla
 
-    replacements = {SLA_PIECES[piece][0]: getattr(candidates, SLA_PIECES[piece][1]) for piece in pieces}
-    originals = {attr: getattr(ops, attr) for attr in replacements}
-    for attr, replacement in replacements.items():
-        setattr(ops, attr, replacement)
+    swaps = []  # (module, attribute, replacement); the library looks the functions up in these modules
+    for piece in pieces:
+        module_name, _, attr = SLA_PIECES[piece][0].rpartition(".")
+        swaps.append((importlib.import_module(module_name), attr, getattr(candidates, SLA_PIECES[piece][1])))
+    originals = [getattr(module, attr) for module, attr, _ in swaps]
+    for module, attr, replacement in swaps:
+        setattr(module, attr, replacement)
     try:
         yield
     finally:
-        for attr, original in originals.items():
-            setattr(ops, attr, original)
+        for (module, attr, _), original in zip(swaps, originals):
+            setattr(module, attr, original)
 
 
 class TrainingConfig:

@@ -75,7 +75,8 @@ def scan_normalizer(q, k, z0, eps: float, scan=None):
 
 
 def scan_divide_by_normalizer(num, q, k, z0, eps: float, out_dtype):
-    """ops.causal_sla.divide_by_normalizer of sessions 3-4: num / scan_normalizer's denominator, float32."""
+    """The fla path's division of sessions 3-4 (now ops.causal_sla_triton.divide_by_normalizer_triton):
+    num / scan_normalizer's denominator, float32."""
     den, z_last = scan_normalizer(q, k, z0, eps)
     return (num.float() / den).to(out_dtype), z_last
 

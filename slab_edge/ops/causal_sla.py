@@ -195,10 +195,13 @@ def causal_linear_attn_fla(
     1e-10 and divided by `scale`, the key cumsum is rounded to the input dtype (bf16 in mixed precision),
     and the normalizer state travels as a separate `[B, 1, H, K]` tuple member. To get exactly our semantics
     (eps added to q . z, z in float32, z carried as [B, H, K]) we call it with `scale=1.0, normalize=False`,
-    which returns the plain numerator q_t S_t, and divide it by q_t . z_t + eps in divide_by_normalizer
-    (chunk-parallel Triton kernels, ops/causal_sla_triton.py). Shapes and returns as causal_linear_attn_chunk.
+    which returns the plain numerator q_t S_t, and divide it by q_t . z_t + eps in float32 with
+    divide_by_normalizer_triton (chunk-parallel Triton kernels, ops/causal_sla_triton.py; the same maths as
+    num / causal_normalizer(...)[0]). Shapes and returns as causal_linear_attn_chunk.
     """
     from fla.ops.linear_attn import chunk_linear_attn
+
+    from slab_edge.ops import causal_sla_triton  # module attribute: the training bench swaps the function
 
     s0, z0 = initial_state if initial_state is not None else (None, None)
     num, s_final = chunk_linear_attn(
@@ -211,28 +214,9 @@ def causal_linear_attn_fla(
         normalize=False,
     )
     with torch.autocast(device_type=q.device.type, enabled=False):
-        out, z_last = divide_by_normalizer(num, q, k, z0, eps, v.dtype)
+        out, z_last = causal_sla_triton.divide_by_normalizer_triton(num, q, k, z0, eps, v.dtype)
     final = (s_final, z_last) if output_final_state else None
     return out, final
-
-
-def divide_by_normalizer(
-    num: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    z0: torch.Tensor | None,
-    eps: float,
-    out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(num / (q_t . z_t + eps) in out_dtype, z_T [B, H, K] float32): the fla path's last step, on CUDA.
-
-    num [B, T, H, V] (q_t S_t from fla), q, k [B, T, H, K], z0 [B, H, K] or None. Float32 sums and division
-    in Triton kernels (causal_sla_triton.divide_by_normalizer_triton); the PyTorch form of the same maths is
-    (num.float() / causal_normalizer(q, k, z0, eps)[0]).to(out_dtype).
-    """
-    from slab_edge.ops.causal_sla_triton import divide_by_normalizer_triton
-
-    return divide_by_normalizer_triton(num, q, k, z0, eps, out_dtype)
 
 
 def time_scan(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:

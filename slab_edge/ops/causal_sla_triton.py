@@ -19,7 +19,7 @@ writing z_t as float32 and reading it back) trained SLA-350m at 1.24x softmax's 
 these kernels at 1.43x (bench/README.md, "Session 5").
 
 causal_normalizer_triton: den [B, T, H, 1] float32 and z_T [B, H, K] float32, like ops.causal_normalizer.
-divide_by_normalizer_triton: (num / den in out_dtype, z_T), like ops.causal_sla.divide_by_normalizer.
+divide_by_normalizer_triton: (num / den in out_dtype, z_T); causal_linear_attn_fla's division.
 Proven against the PyTorch forms on a CPU through Triton's interpreter (tests/ops/test_causal_sla_triton.py)
 and compiled on CUDA (tests/gpu/test_causal_sla_gpu.py). Import needs triton (it comes with fla).
 """

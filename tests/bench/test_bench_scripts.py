@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -46,6 +48,25 @@ def test_lm_train_gpu_smoke_on_cpu(tmp_path):
     assert {r["length"] for r in rows} == {64, 128}
     assert all(r["tokens_per_s"] > 0 and len(r["round_median_step_s"]) == 2 for r in rows)
     assert all("speedup_vs_softmax" in r for r in rows if r["attention"] != "softmax")
+
+
+def test_lm_train_gpu_swaps_sla_pieces_into_their_modules_and_back(monkeypatch):
+    """sla/scan_divide+cudnn_conv replaces the functions the fla path looks up (in their own modules, not the
+    package's re-exports) for the duration of a step, then restores them; clashing pieces are refused."""
+    pytest.importorskip("triton", reason="the Triton division's module imports triton")
+    import importlib
+
+    monkeypatch.syspath_prepend(str(BENCH))  # as when run as a script: it imports sla_pieces_gpu by name
+    bench = importlib.import_module("lm_train_gpu")
+    ops = importlib.import_module("slab_edge.ops.causal_sla")
+    kernels = importlib.import_module("slab_edge.ops.causal_sla_triton")
+    before = (kernels.divide_by_normalizer_triton, ops.causal_conv1d_fla)
+    with bench.sla_variant(bench.sla_pieces("sla/scan_divide+cudnn_conv")):
+        inside = (kernels.divide_by_normalizer_triton, ops.causal_conv1d_fla)
+    assert [f.__name__ for f in inside] == ["scan_divide_by_normalizer", "cudnn_conv"]
+    assert (kernels.divide_by_normalizer_triton, ops.causal_conv1d_fla) == before
+    with pytest.raises(ValueError, match="same function"):
+        bench.sla_pieces("sla/cudnn_conv+padded_conv")
 
 
 def test_lm_quality_smoke(tmp_path):
