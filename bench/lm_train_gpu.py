@@ -128,6 +128,8 @@ class TrainingConfig:
         from slab_edge.models.slab_lm import create_slab_lm
 
         self.name, self.length, self.device = attention, length, device
+        # configurations built earlier (--rounds) stay resident: count only what this one adds
+        self.memory_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         base = attention.partition("/")[0]
         self.pieces = sla_pieces(attention)
         kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
@@ -176,6 +178,8 @@ class TrainingConfig:
             self.one_step()
         self.sync()
         self.warmup_s = time.perf_counter() - start
+        if self.device.type == "cuda":
+            self.peak_memory_gb = (torch.cuda.max_memory_allocated(self.device) - self.memory_before) / 2**30
 
     def time_steps(self, steps: int) -> None:
         """`steps` CUDA-synchronised steps; their median joins round_medians."""
@@ -190,8 +194,6 @@ class TrainingConfig:
         self.round_medians.append(statistics.median(times))
 
     def row(self, args) -> dict[str, Any]:
-        import torch
-
         median = statistics.median(self.times)
         row = {
             "attention": self.name,
@@ -209,7 +211,7 @@ class TrainingConfig:
         if len(self.round_medians) > 1:
             row["round_median_step_s"] = self.round_medians
         if self.device.type == "cuda":
-            row["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            row["peak_memory_gb"] = self.peak_memory_gb  # model, AdamW state and one step's activations
         if args.profile:
             row["profile"] = profile_steps(self.one_step, self.sync, args.profile, args.profile_top)
         return row
