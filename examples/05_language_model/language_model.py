@@ -7,7 +7,7 @@
 
 1. train  slab_edge.train.lm.train_lm: byte tokens, the standard library's *.py files (split by file),
           validation loss and bits per byte (same as `slab-edge train-lm`);
-2. fold   slab_edge.export.lm.fold_lm: PRepBN -> affine -> folded into q/k/v, gate/up and the head;
+2. fold   slab_edge.models.slab_lm.fold_lm: PRepBN -> affine -> folded into q/k/v, gate/up and the head;
 3. export slab_edge.export.lm.export_lm: prefill.onnx (whole prompt in parallel) + decode.onnx (one token,
           explicit constant-size state), checked against PyTorch before they are written;
 4. generate slab_edge.runtime.generate (torch-free, ONNX Runtime): greedy, then sampled, streamed.
@@ -48,7 +48,8 @@ def train(args, run: Path) -> None:
 
 
 def fold_and_export(run: Path) -> Path:
-    from slab_edge.export.lm import export_lm, fold_lm
+    from slab_edge.export.lm import export_lm
+    from slab_edge.models.slab_lm import fold_lm
     from slab_edge.train.lm import load_lm
 
     model, meta, _ = load_lm(run)

@@ -39,7 +39,7 @@ from slab_edge.errors import BackendError, InputError, SlabEdgeError
 from slab_edge.io import atomic_path
 from slab_edge.runtime.generate import BATCH_DIM, DECODE_FILE, INPUT_IDS, LOGITS, PAST_DIM, PREFILL_FILE
 
-__all__ = ["LMExportReport", "export_lm", "fold_lm", "lm_state_layout", "prepare_lm"]
+__all__ = ["LMExportReport", "export_lm", "lm_state_layout", "prepare_lm"]
 
 DEFAULT_OPSET = 18
 #: ORT vs PyTorch logits, fp32, absolute (also the brief's step-logit goal)
@@ -147,25 +147,6 @@ class _DecodeGraph(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------------
 # model preparation
-
-
-def fold_lm(model: nn.Module, prompt: torch.Tensor | None = None) -> tuple[nn.Module, float | None]:
-    """(folded eval-mode copy, max |logit diff| folded vs unfolded) — None when no norm is foldable."""
-    from slab_edge.layers.norms import norm_affine
-    from slab_edge.layers.reparam import reparameterize_model
-
-    model = model.eval()
-    foldable = any(norm_affine(m) is not None for m in model.modules())
-    folded = reparameterize_model(model)
-    if not foldable:
-        return folded, None
-    if prompt is None:
-        prompt = torch.randint(
-            0, model.config.vocab_size, (2, 80), generator=torch.Generator().manual_seed(0)
-        )
-    with torch.no_grad():
-        diff = (model(prompt) - folded(prompt)).abs().max().item()
-    return folded, float(diff)
 
 
 def prepare_lm(source: str | os.PathLike | nn.Module) -> tuple[nn.Module, dict[str, Any], Path | None]:
@@ -365,6 +346,8 @@ def export_lm(
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"export-lm output {folder} is a file; give a folder")
+    from slab_edge.models.slab_lm import fold_lm
+
     folded, fold_diff = fold_lm(model)
     folded = folded.cpu().eval()
 

@@ -44,14 +44,16 @@ from torch import nn
 from slab_edge.errors import InputError
 from slab_edge.layers.lm_blocks import ATTENTION_TYPES, LM_NORM_TYPES, SlabLMBlock, make_lm_norm
 from slab_edge.layers.norms import norm_affine
-from slab_edge.layers.reparam import absorb_into_following, is_folded
+from slab_edge.layers.reparam import FoldCheckError, absorb_into_following, is_folded, reparameterize_model
 from slab_edge.ops.backend import MODES
 
 __all__ = [
     "SLAB_LM_CONFIGS",
     "SlabLM",
     "SlabLMConfig",
+    "blockwise_fold_parity",
     "create_slab_lm",
+    "fold_lm",
     "sample_next_token",
     "slab_lm_config",
 ]
@@ -447,3 +449,66 @@ def sample_next_token(
 def create_slab_lm(name: str = "tiny", deploy: bool = False, **overrides) -> SlabLM:
     """SlabLM from a named config (tiny | 125m | 350m) with field overrides, e.g. attention="sla"."""
     return SlabLM(slab_lm_config(name, **overrides), deploy=deploy)
+
+
+@torch.no_grad()
+def fold_lm(model: SlabLM, prompt: torch.Tensor | None = None) -> tuple[SlabLM, float | None]:
+    """(folded eval-mode copy, max |logit diff| folded vs unfolded on `prompt`); None: nothing to fold.
+
+    `prompt` [B, T] defaults to two random prompts of 80 tokens.
+
+    Raises:
+        FoldCheckError: the unfolded model's logits are not finite, so no parity can be measured: its
+            BatchNorm statistics do not match its activations (recalibrate them first).
+    """
+    model = model.eval()
+    foldable = any(norm_affine(m) is not None for m in model.modules())
+    folded = reparameterize_model(model)
+    if not foldable:
+        return folded, None
+    if prompt is None:
+        prompt = torch.randint(
+            0, model.config.vocab_size, (2, 80), generator=torch.Generator().manual_seed(0)
+        )
+    prompt = prompt.to(model.embed.weight.device)
+    reference = model(prompt)
+    if not torch.isfinite(reference).all():
+        raise FoldCheckError(
+            "the unfolded model's logits are not finite, so the fold cannot be checked: its BatchNorm "
+            "statistics do not match its activations (recalibrate them with "
+            "slab_edge.train.recalibrate.recalibrate_bn)"
+        )
+    return folded, float((reference - folded(prompt)).abs().max())
+
+
+@torch.no_grad()
+def blockwise_fold_parity(
+    model: SlabLM, folded: SlabLM, tokens: int = 32, batch: int = 2, seed: int = 0
+) -> float:
+    """Largest relative error of any fold, each checked on its own inputs.
+
+    Every block, and the final norm + head, of `model` and of its folded copy get the same hidden states
+    h ~ N(0, 1) [batch, tokens, C] (on the models' device, in the caller's autocast): the result is the max
+    over them of max |folded(h) - unfolded(h)| / max |unfolded(h)|. Unlike a whole-model comparison this
+    stays well conditioned when the model's own activations are not: an untrained PRepBN stack with random
+    BatchNorm statistics normalises nothing per token, and its residual stream grows layer after layer
+    until it overflows (see bench/lm_decode_torch.py).
+    """
+    if len(model.layers) != len(folded.layers):
+        raise InputError(f"{len(model.layers)} blocks vs {len(folded.layers)} in the folded model")
+    device = model.embed.weight.device
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+
+    def relative_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+        reference, candidate = reference.float(), candidate.float()
+        scale, err = float(reference.abs().max()), float((reference - candidate).abs().max())
+        return err / scale if scale > 0 and err == err else float("inf")  # NaN counts as a failure
+
+    # (unfolded, folded) callables [B, T, C] -> output: every block, then the final norm + head
+    parts = [(lambda h, a=a: a(h)[0], lambda h, b=b: b(h)[0]) for a, b in zip(model.layers, folded.layers)]
+    parts.append((lambda h: model.head(model.norm(h)), lambda h: folded.head(folded.norm(h))))
+    for unfolded_part, folded_part in parts:
+        h = torch.randn(batch, tokens, model.config.dim, generator=gen).to(device)
+        worst = max(worst, relative_error(unfolded_part(h), folded_part(h)))
+    return worst

@@ -10,8 +10,8 @@ import torch
 from slab_edge import cli
 from slab_edge.data.text_tokenizer import train_bpe
 from slab_edge.errors import InputError
-from slab_edge.export.lm import LOGIT_TOLERANCE, export_lm, fold_lm
-from slab_edge.models.slab_lm import create_slab_lm
+from slab_edge.export.lm import LOGIT_TOLERANCE, export_lm
+from slab_edge.models.slab_lm import create_slab_lm, fold_lm
 from slab_edge.runtime.generate import open_lm
 
 VARIANTS = [("sla", "prepbn"), ("gla", "prepbn"), ("softmax", "rmsnorm")]
