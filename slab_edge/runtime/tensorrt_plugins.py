@@ -92,10 +92,10 @@ def load_plugin_library(trt, path: str | os.PathLike, provides: tuple[PluginId, 
         BackendError: the library fails `check_plugin_library`; TensorRT refuses it (built against another
             TensorRT, or its plugins clash with registered ones); or it loads without registering `provides`.
     """
+    path = check_plugin_library(path)  # a wrong file is an error even when its plugins are registered
     done = _loaded.setdefault(trt, set())
-    if str(Path(path).resolve()) in done or (provides and all(registered(trt, p) for p in provides)):
+    if str(path.resolve()) in done or (provides and all(registered(trt, p) for p in provides)):
         return False
-    path = check_plugin_library(path)
     version = getattr(trt, "__version__", "?")
     if trt.get_plugin_registry().load_library(str(path)) is None:
         raise BackendError(
