@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -53,3 +54,42 @@ def plugin_libraries(tmp_path_factory):
     built["not_a_library"] = folder / "libnotalibrary.so"
     built["not_a_library"].write_text("this is not a shared library\n")
     return types.SimpleNamespace(**built)
+
+
+def _native_build_module():
+    try:
+        return importlib.import_module("slab_edge.native.build")
+    except ModuleNotFoundError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def native_build():
+    """slab_edge.native.build (compiles the native targets), or a skip saying it is missing."""
+    module = _native_build_module()
+    if module is None:
+        pytest.skip("slab_edge.native.build is not in this tree; it compiles the native targets")
+    return module
+
+
+@pytest.fixture(scope="session")
+def plugin_toolchain():
+    """nvcc and the TensorRT include folder for compiling against the plugin source: $SLAB_EDGE_NVCC and
+    $SLAB_EDGE_TRT_INCLUDE, else what slab_edge.native.build uses (find_nvcc, tensorrt_include_dir)."""
+    import os
+    import shutil
+    import types
+
+    build = _native_build_module()
+
+    def from_build(name):
+        provider = getattr(build, name, None)
+        return provider() if provider is not None else None
+
+    nvcc = os.environ.get("SLAB_EDGE_NVCC") or from_build("find_nvcc") or shutil.which("nvcc")
+    include = os.environ.get("SLAB_EDGE_TRT_INCLUDE") or from_build("tensorrt_include_dir")
+    if not nvcc:
+        pytest.skip("no nvcc: set SLAB_EDGE_NVCC, install the nvidia-cuda-nvcc wheel, or put nvcc on PATH")
+    if not include or not (Path(include) / "NvInferRuntime.h").is_file():
+        pytest.skip(f"no TensorRT headers (NvInferRuntime.h) at {include!r}: set SLAB_EDGE_TRT_INCLUDE")
+    return types.SimpleNamespace(nvcc=str(nvcc), tensorrt_include=Path(include))

@@ -5,15 +5,13 @@
 - compiled against a recording stub of the kernel ABI, a harness (trt_plugin_harness.cpp) drives it the way
   TensorRT does (entry points, creator, PluginFields, every IPluginV3 capability, serialization, enqueue).
 
-Both need nvcc and TensorRT headers (the build module provides them; SLAB_EDGE_NVCC / SLAB_EDGE_TRT_INCLUDE
-override) and skip, saying what is missing, without them. The plugin itself runs only under real TensorRT on a
-GPU: see runtime/README.md (the Jetson guide).
+Both need nvcc and TensorRT headers (the build module provides them; SLAB_EDGE_NVCC and
+SLAB_EDGE_TRT_INCLUDE override: tests/conftest.py `plugin_toolchain`) and skip, saying what is missing,
+without them. The plugin itself runs only under real TensorRT on a GPU: see runtime/README.md.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,33 +24,6 @@ HERE = Path(__file__).resolve().parent
 ENTRY_POINTS = {"getCreators", "setLoggerFinder"}
 
 
-def build_module():
-    try:
-        return importlib.import_module("slab_edge.native.build")
-    except ModuleNotFoundError as err:
-        pytest.skip(f"slab_edge.native.build is not in this tree ({err}); it compiles the native targets")
-
-
-def nvcc() -> str:
-    found = os.environ.get("SLAB_EDGE_NVCC")
-    if not found:
-        finder = getattr(build_module(), "find_nvcc", None)
-        found = str(finder()) if finder is not None else shutil.which("nvcc")
-    if not found:
-        pytest.skip("no nvcc: set SLAB_EDGE_NVCC, install the nvidia-cuda-nvcc wheel, or put nvcc on PATH")
-    return found
-
-
-def tensorrt_include() -> Path:
-    found = os.environ.get("SLAB_EDGE_TRT_INCLUDE")
-    if not found:
-        provider = getattr(build_module(), "tensorrt_include_dir", None)
-        found = str(provider()) if provider is not None else None
-    if not found or not (Path(found) / "NvInferRuntime.h").is_file():
-        pytest.skip(f"no TensorRT headers (NvInferRuntime.h) at {found!r}: set SLAB_EDGE_TRT_INCLUDE")
-    return Path(found)
-
-
 def symbols(path: Path, *flags: str) -> set[str]:
     nm = shutil.which("nm")
     if nm is None:
@@ -62,8 +33,8 @@ def symbols(path: Path, *flags: str) -> set[str]:
     return {line.split()[-1] for line in out.splitlines() if line.strip()}
 
 
-def test_plugin_compiles_for_jetson_and_hopper_and_exports_its_entry_points(tmp_path):
-    built = build_module().build(["trt"], out_dir=tmp_path, cuda_archs=["87", "90"], compile_only=True)
+def test_plugin_compiles_for_jetson_and_hopper_and_exports_its_entry_points(tmp_path, native_build):
+    built = native_build.build(["trt"], out_dir=tmp_path, cuda_archs=["87", "90"], compile_only=True)
     library = Path(built["trt"])
     assert library.is_file(), built
     defined = symbols(library, "--defined-only")
@@ -76,8 +47,8 @@ def test_plugin_compiles_for_jetson_and_hopper_and_exports_its_entry_points(tmp_
         print(f"{library.name}: exports {sorted(defined)}")
 
 
-def test_harness_drives_the_plugin_like_tensorrt(tmp_path):
-    compiler, include = nvcc(), tensorrt_include()
+def test_harness_drives_the_plugin_like_tensorrt(tmp_path, plugin_toolchain):
+    compiler, include = plugin_toolchain.nvcc, plugin_toolchain.tensorrt_include
     csrc = native.csrc_dir()
     common = ["-std=c++17", f"-I{csrc}", f"-I{HERE}", "-isystem", str(include)]
     warnings = ["-Xcompiler", "-Wall,-Wextra,-Werror"]
