@@ -93,3 +93,14 @@ def plugin_toolchain():
     if not include or not (Path(include) / "NvInferRuntime.h").is_file():
         pytest.skip(f"no TensorRT headers (NvInferRuntime.h) at {include!r}: set SLAB_EDGE_TRT_INCLUDE")
     return types.SimpleNamespace(nvcc=str(nvcc), tensorrt_include=Path(include))
+
+
+@pytest.fixture()
+def no_built_plugin(monkeypatch, tmp_path):
+    """No libslab_trt_plugin.so anywhere slab_edge.native.find_library looks."""
+    from slab_edge import native
+
+    empty = tmp_path / "no_ops"
+    empty.mkdir()
+    monkeypatch.setenv(native.OPS_DIR_ENV, str(empty))
+    monkeypatch.setattr(native, "default_build_dir", lambda: empty)

@@ -27,15 +27,6 @@ TRT10, TRT11, RTX = ("tensorrt", "10.3.0"), ("tensorrt", "11.4.1"), ("tensorrt_r
 SLA = {"name": "SlabLinearAttention", "version": "1", "namespace": "slab"}
 
 
-@pytest.fixture()
-def no_built_plugin(monkeypatch, tmp_path):
-    """No libslab_trt_plugin.so anywhere find_library looks."""
-    empty = tmp_path / "no_ops"
-    empty.mkdir()
-    monkeypatch.setenv(native.OPS_DIR_ENV, str(empty))
-    monkeypatch.setattr(native, "default_build_dir", lambda: empty)
-
-
 def calls(trt) -> list[str]:
     return [entry[0] for entry in trt.log["calls"]]
 

@@ -25,8 +25,9 @@ def test_trt_plugin_enqueue_runs_the_fused_kernel(needs_cuda, native_build, plug
     library = Path(native_build.build(["trt"], out_dir=tmp_path)["trt"])
     harness = tmp_path / "trt_plugin_gpu_harness"
     include = str(plugin_toolchain.tensorrt_include)
-    compile_cmd = [plugin_toolchain.nvcc, "-std=c++17", f"-I{native.csrc_dir()}", "-isystem", include,
-                   str(HERE / "trt_plugin_gpu_harness.cu"), "-o", str(harness), "-ldl"]  # fmt: skip
+    includes = [f"-I{native.csrc_dir()}", f"-I{HERE.parent / 'native'}", "-isystem", include]
+    source = HERE / "trt_plugin_gpu_harness.cu"
+    compile_cmd = [plugin_toolchain.nvcc, "-std=c++17", *includes, str(source), "-o", str(harness), "-ldl"]
     proc = subprocess.run(compile_cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     command = [str(harness), str(library)]

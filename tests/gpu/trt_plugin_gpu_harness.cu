@@ -10,7 +10,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <dlfcn.h>
 
 #include <cmath>
 #include <cstdint>
@@ -18,6 +17,8 @@
 #include <cstring>
 #include <random>
 #include <vector>
+
+#include "plugin_library.h"
 
 using namespace nvinfer1;
 
@@ -190,19 +191,10 @@ int main(int argc, char** argv) {
     std::printf("usage: %s LIB\n", argv[0]);
     return 2;
   }
-  void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-  if (lib == nullptr) {
-    std::printf("FAIL: dlopen: %s\n", dlerror());
-    return 1;
-  }
-  using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
-  auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
-  if (getCreators == nullptr) {
-    std::printf("FAIL: no getCreators\n");
-    return 1;
-  }
+  PluginLibrary library;
+  if (!openPluginLibrary(argv[1], &library)) return 1;
   int32_t nb = 0;
-  auto* creator = static_cast<IPluginCreatorV3One*>(getCreators(nb)[0]);
+  auto* creator = static_cast<IPluginCreatorV3One*>(library.getCreators(nb)[0]);
   cudaStream_t stream = nullptr;
   if (!cudaOk(cudaStreamCreate(&stream), "cudaStreamCreate")) return 1;
   int cases = 0;

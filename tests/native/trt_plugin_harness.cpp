@@ -6,7 +6,6 @@
 //   trt_plugin_harness LIB      exits 0 and prints "harness: N checks passed", or prints each failed check and
 //                               exits 1
 #include <NvInferRuntime.h>
-#include <dlfcn.h>
 
 #include <cmath>
 #include <cstdio>
@@ -15,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "plugin_library.h"
 #include "sla_abi_recorder.h"
 
 using namespace nvinfer1;
@@ -133,26 +133,19 @@ int main(int argc, char** argv) {
     std::printf("usage: %s LIB\n", argv[0]);
     return 2;
   }
-  void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-  if (lib == nullptr) {
-    std::printf("FAIL: dlopen: %s\n", dlerror());
-    return 1;
-  }
-  using SetLoggerFinder = void (*)(ILoggerFinder*);
-  using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
-  auto setLoggerFinder = reinterpret_cast<SetLoggerFinder>(dlsym(lib, "setLoggerFinder"));
-  auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
-  check(setLoggerFinder != nullptr && getCreators != nullptr, "setLoggerFinder and getCreators are exported");
-  check(dlsym(lib, "slab_sla_cuda_forward") == nullptr, "the kernel ABI stays local to the library");
-  if (setLoggerFinder == nullptr || getCreators == nullptr) return 1;
+  PluginLibrary library;
+  bool const opened = openPluginLibrary(argv[1], &library);
+  check(opened, "the library opens and exports setLoggerFinder and getCreators");
+  if (!opened) return 1;
+  check(dlsym(library.handle, "slab_sla_cuda_forward") == nullptr, "the kernel ABI stays local to the library");
 
   RecordingLogger logger;
   Finder finder(&logger);
-  setLoggerFinder(&finder);
+  library.setLoggerFinder(&finder);
 
   // -- the creator, as IPluginRegistry::loadLibrary and the ONNX parser see it ------------------------------------
   int32_t nbCreators = -1;
-  IPluginCreatorInterface* const* creators = getCreators(nbCreators);
+  IPluginCreatorInterface* const* creators = library.getCreators(nbCreators);
   check(nbCreators == 1 && creators != nullptr && creators[0] != nullptr, "one creator");
   InterfaceInfo info = creators[0]->getInterfaceInfo();
   check(std::strcmp(info.kind, "PLUGIN CREATOR_V3ONE") == 0 && info.major == 1, "creator is an IPluginCreatorV3One");
@@ -323,7 +316,7 @@ int main(int argc, char** argv) {
   check(defaulted != nullptr && serializedEps(defaulted) == 1e-6F, "a node without eps gets SLA's 1e-6");
 
   for (IPluginV3* p : {plugin, restored, cloned, attached, defaulted}) delete p;
-  dlclose(lib);
+  dlclose(library.handle);
   std::printf("harness: %d checks, %d failed\n", gChecks, gFailures);
   return gFailures == 0 ? 0 : 1;
 }

@@ -40,14 +40,6 @@ def plugin_fakes(install_fakes):
     return install_fakes(engine_plugins=(SLA_CREATOR,))
 
 
-@pytest.fixture()
-def no_built_plugin(monkeypatch, tmp_path):
-    empty = tmp_path / "no_ops"
-    empty.mkdir()
-    monkeypatch.setenv(native.OPS_DIR_ENV, str(empty))
-    monkeypatch.setattr(native, "default_build_dir", lambda: empty)
-
-
 def test_sidecar_plugin_beside_the_engine_is_loaded_before_deserializing(
     plugin_fakes, tmp_path, plugin_libraries
 ):
