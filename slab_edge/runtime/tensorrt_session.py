@@ -242,7 +242,13 @@ class TensorRTSession(Session):
         entries = self.sidecar.plugins if self.sidecar is not None else []
 
         def needed(entry) -> tuple[PluginId, ...]:
-            return tuple(PluginId.from_json(p) for p in entry.get("plugins", []))
+            try:
+                return tuple(PluginId.from_json(p) for p in entry.get("plugins", []))
+            except (AttributeError, KeyError, TypeError):
+                raise BackendError(
+                    f"{sidecar_path(self.path)}: malformed plugins entry {entry!r} (expected library, "
+                    "sha256, plugins: [{name, version, namespace}])"
+                ) from None
 
         if explicit:
             load_plugin_library(self.trt, explicit, tuple(i for e in entries for i in needed(e)))

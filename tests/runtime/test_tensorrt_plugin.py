@@ -111,6 +111,12 @@ def test_bad_plugin_libraries(install_fakes, tmp_path, plugin_libraries, library
     assert "deserialize_cuda_engine" not in fakes.log.names() and fakes.cudart.live == {}
 
 
+def test_malformed_sidecar_plugin_entry(plugin_fakes, tmp_path):
+    with pytest.raises(BackendError, match=r"model\.engine\.json: malformed plugins entry \{'library'"):
+        load(write_engine(tmp_path, plugins=[{"library": "x.so", "plugins": [{"version": "1"}]}]))
+    assert "deserialize_cuda_engine" not in plugin_fakes.log.names()
+
+
 def test_engine_with_plugin_layers_but_no_plugin_named(plugin_fakes, tmp_path):
     """A trtexec engine whose sidecar does not name its plugin: TensorRT cannot deserialize it."""
     with pytest.raises(
