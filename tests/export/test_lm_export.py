@@ -163,15 +163,19 @@ def test_export_with_a_missing_tokenizer_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-def test_cli_train_export_generate_with_a_bpe_tokenizer(tmp_path, capsys):
-    run = tmp_path / "run"
-    tiny = "model_kwargs={dim: 32, num_layers: 1, num_heads: 2, ffn_dim: 64}"
+def cli_train_tiny(run, model_flags: str, num_layers: int = 1) -> None:
+    """slab-edge train-lm: 2 steps of a 32-wide model on 60 kB of the stdlib (the CLI tests' run)."""
+    tiny = f"model_kwargs={{dim: 32, num_layers: {num_layers}, num_heads: 2, ffn_dim: 64}}"
     train = (
         f"train-lm --output {run} --steps 2 --seq-len 32 --batch-size 2 --max-corpus-bytes 60000 "
-        "--val-fraction 0.2 --tokenizer bpe --bpe-vocab 300 --attention sla --norm prepbn "
-        "--final-eval-tokens 512 --no-progress --threads 1 --set"
+        f"--val-fraction 0.2 {model_flags} --final-eval-tokens 512 --no-progress --threads 1 --set"
     ).split() + [tiny]
     assert cli.main(train) == 0
+
+
+def test_cli_train_export_generate_with_a_bpe_tokenizer(tmp_path, capsys):
+    run = tmp_path / "run"
+    cli_train_tiny(run, "--tokenizer bpe --bpe-vocab 300 --attention sla --norm prepbn")
     assert cli.main(["export-lm", str(run), "--threads", "1", "--parity-tokens", "16"]) == 0
     log = capsys.readouterr().out
     assert "16/16 tokens identical" in log
@@ -196,13 +200,7 @@ def test_cli_train_export_generate_with_a_bpe_tokenizer(tmp_path, capsys):
 def test_cli_train_export_generate_a_hybrid(tmp_path, capsys):
     """train-lm --attention-pattern, export-lm (64 greedy tokens vs PyTorch), generate: gla:softmax 1:1."""
     run = tmp_path / "hybrid"
-    tiny = "model_kwargs={dim: 32, num_layers: 2, num_heads: 2, ffn_dim: 64}"
-    train = (
-        f"train-lm --output {run} --steps 2 --seq-len 32 --batch-size 2 --max-corpus-bytes 60000 "
-        "--val-fraction 0.2 --attention gla --attention-pattern LS --norm rmsnorm "
-        "--final-eval-tokens 512 --no-progress --threads 1 --set"
-    ).split() + [tiny]
-    assert cli.main(train) == 0
+    cli_train_tiny(run, "--attention gla --attention-pattern LS --norm rmsnorm", num_layers=2)
     assert cli.main(["export-lm", str(run), "--threads", "1"]) == 0
     log = capsys.readouterr().out
     assert "64/64 tokens identical" in log
