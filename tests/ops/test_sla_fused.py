@@ -100,3 +100,26 @@ def test_sla_layers_give_the_same_logits_through_the_fused_operator(model_name):
         with fused_sla("always"):
             fused = model(x)
     assert_rel_close(fused, reference, 1e-5, model_name)
+
+
+def test_the_fused_path_compiles_into_one_graph_holding_the_operator(monkeypatch):
+    """torch.compile(fullgraph=True) traces use_fused and keeps linear_attention as one opaque call per layer
+    (the CPU reference stands in for a device kernel; tests/gpu/test_sla_fused_gpu.py compiles on CUDA)."""
+    import slab_edge
+
+    monkeypatch.setattr(sla_fused, "_kernel_devices", {"cpu"})
+    torch.manual_seed(0)
+    model = slab_edge.create_model("slab_deit_tiny_patch16_224", embed_dim=48, depth=2).eval()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected, got = model(x), compiled(x)
+    ops = [n for g in graphs for n in g.graph.nodes if "slab.linear_attention" in str(n.target)]
+    assert len(graphs) == 1 and len(ops) == 2
+    assert_rel_close(got, expected, 1e-6, "compiled")
