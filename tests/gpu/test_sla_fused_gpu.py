@@ -90,6 +90,24 @@ def kernel(needs_cuda):
     return sla_fused_cuda.library()
 
 
+def test_sla_fused_kernel_loads_on_the_first_cuda_tensor_an_sla_layer_sees(needs_cuda, monkeypatch):
+    """No explicit register(): auto mode loads (or builds) the library when use_fused first sees CUDA."""
+    monkeypatch.setattr(sla_fused, "_kernel_devices", set())
+    monkeypatch.setattr(sla_fused, "_load_tried", set())
+    model = small_random_model("slab_deit_tiny_patch16_224")
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        kinds = slab_kernels(lambda: model(x))
+    assert "cuda" in sla_fused._kernel_devices and kinds.count("apply") == 12, kinds
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 2, 8, 8), (2, 300, 3, 64, 64)], ids=["single", "split"])
+def test_sla_fused_cuda_kernel_passes_opcheck(kernel, shape):
+    """torch.library.opcheck with the CUDA kernel: schema, fake (meta) impl vs the kernel's output, and
+    tracing through AOT dispatch with static and dynamic shapes."""
+    torch.library.opcheck(linear_attention, (*rand_qkv(shape, torch.bfloat16), 1e-6))
+
+
 @pytest.mark.parametrize("dtype", list(DTYPE_IDS), ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("shape", ZOO_SHAPES + EDGE_SHAPES, ids=lambda s: "B{}-N{}-H{}-D{}-Dv{}".format(*s))
 def test_sla_fused_kernel_matches_the_float64_reference(kernel, shape, dtype):
