@@ -90,26 +90,24 @@ struct Io<float> {
   __device__ static float from_float(float x) { return x; }
 };
 
-template <>
-struct Io<__half> {
-  using Mma = __half;
+template <typename T, bool kScale>
+struct Io16 {  // exact inputs in the MMA type itself
+  using Mma = T;
   static constexpr int kK = 16;
   static constexpr int kTokens = 64;
   static constexpr bool kSplitInputs = false;
-  static constexpr bool kScaleKv = true;  // K^T V sums exceed fp16's 65504 easily
+  static constexpr bool kScaleKv = kScale;
   static constexpr int kRowPad = 8;
+};
+
+template <>
+struct Io<__half> : Io16<__half, true> {  // K^T V sums exceed fp16's 65504 easily
   __device__ static float to_float(__half x) { return __half2float(x); }
   __device__ static __half from_float(float x) { return __float2half_rn(x); }
 };
 
 template <>
-struct Io<__nv_bfloat16> {
-  using Mma = __nv_bfloat16;
-  static constexpr int kK = 16;
-  static constexpr int kTokens = 64;
-  static constexpr bool kSplitInputs = false;
-  static constexpr bool kScaleKv = false;  // bf16 has fp32's range
-  static constexpr int kRowPad = 8;
+struct Io<__nv_bfloat16> : Io16<__nv_bfloat16, false> {  // bf16 has fp32's range
   __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
   __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
 };
