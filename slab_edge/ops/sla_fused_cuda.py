@@ -13,6 +13,7 @@ mode, as an opaque call under torch.compile, and inside CUDA graph capture.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def forward(lib: ctypes.CDLL, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if out.numel() == 0:
         return out
     shape = SlaShape(*q.shape, v.shape[-1])
-    workspace_bytes = lib.slab_sla_cuda_workspace_bytes(shape)
+    workspace_bytes = _workspace_bytes(lib, (*q.shape, v.shape[-1]))
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=q.device) if workspace_bytes else None
     status = lib.slab_sla_cuda_forward(
         DTYPES[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), shape, float(eps),
@@ -94,6 +95,11 @@ def forward(lib: ctypes.CDLL, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         kind = "CUDA error" if status > CUDA_ERROR_BASE else "error"
         raise BackendError(f"fused SLA kernel failed ({kind} {status}): {what}")
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _workspace_bytes(lib: ctypes.CDLL, shape: tuple[int, ...]) -> int:
+    return lib.slab_sla_cuda_workspace_bytes(SlaShape(*shape))
 
 
 _lock = threading.Lock()
@@ -117,8 +123,10 @@ def library() -> ctypes.CDLL:
 
 
 def _cuda_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
-    with torch.cuda.device(q.device):
-        return forward(library(), q, k, v, eps, torch.cuda.current_stream(q.device).cuda_stream)
+    if q.device.index != torch.cuda.current_device():  # the kernel launches on the current device
+        with torch.cuda.device(q.device):
+            return _cuda_kernel(q, k, v, eps)
+    return forward(library(), q, k, v, eps, torch.cuda.current_stream().cuda_stream)
 
 
 _registered = False
