@@ -22,7 +22,7 @@ import torch
 from slab_edge.errors import BackendError, InputError
 from slab_edge.ops.sla_fused import KERNEL_MAX_DIM, linear_attention, mark_kernel_available
 
-__all__ = ["SlaShape", "bind", "forward", "register"]
+__all__ = ["SlaShape", "bind", "forward", "library", "register"]
 
 #: torch dtype -> slab_dtype of csrc/sla_attention.h
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
