@@ -47,3 +47,14 @@ def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
     for p in module.parameters():
         p.normal_(0, std)
     return module
+
+
+#: max |fused SLA kernel - float64 reference| / max |reference| on a GPU, by I/O dtype: the output's rounding
+#: (half an ulp of the largest value: 2^-24 / 2^-11 / 2^-8) plus 1e-4 for the tensor cores' fp32 accumulation,
+#: whose adds truncate (up to ~400 MMA steps feed one accumulator at N = 3136: <= 400 * 2^-23 ~ 5e-5). Plain
+#: TF32 inputs (errors near 2^-11) fail the fp32 bound.
+FUSED_SLA_GPU_TOLERANCE = {
+    torch.float32: 1e-4,
+    torch.float16: 2.0**-11 + 1e-4,
+    torch.bfloat16: 2.0**-8 + 1e-4,
+}

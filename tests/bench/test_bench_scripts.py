@@ -123,3 +123,19 @@ def test_lm_decode_torch_smoke_on_cpu(tmp_path):
     (row,) = json.loads((out / "results.json").read_text())["rows"]
     assert row["attention"] == "sla" and row["rmsnorm_ms"] > 0 and row["prepbn_ms"] > 0
     assert row["fold_ok"] and row["fold_rel_err_cpu_fp32"] <= 1e-5 and "PRepBN / RMSNorm" in proc.stdout
+
+
+def test_vision_gpu_smoke_on_cpu(tmp_path):
+    """bench/vision_gpu.py end to end on the CPU: micro rows, one eager group per family, the table, JSON."""
+    out = tmp_path / "vision_gpu"
+    proc = run("vision_gpu.py", "--smoke", "--device", "cpu", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    groups = {(r["family"], r["mode"]): r for r in results["groups"]}
+    assert set(groups) == {("deit", "eager"), ("swin", "eager")}
+    for row in groups.values():
+        assert all(row[m]["img_per_s"] > 0 for m in ("slab", "slab_unfused", "timm"))
+        assert row["fused_vs_unfused_rel_err"] <= 1e-5  # the fused path (CPU reference op) ran and agrees
+        assert row["slab_vs_timm"] > 0 and "goal" not in row  # no goals on smoke sizes
+    (micro,) = results["micro"]
+    assert {"fused_eager_us", "matmul_eager_us", "sdpa_eager_us"} <= set(micro)
+    assert "slab/timm" in proc.stdout and "micro tiny" in proc.stdout
