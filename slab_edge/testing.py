@@ -47,3 +47,19 @@ def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
     for p in module.parameters():
         p.normal_(0, std)
     return module
+
+
+def parity_lm(attention: str, norm: str, seed: int = 0) -> nn.Module:
+    """A tiny SLAB-LM for export parity: init std 0.1 (clear greedy margins), random BN statistics, eval.
+
+    attention "sla" | "gla" | "softmax", or "hybrid": SLA whose second block is a softmax block (a KV cache
+    beside the recurrent states).
+    """
+    from slab_edge.models.slab_lm import create_slab_lm
+
+    torch.manual_seed(seed)
+    first = "sla" if attention == "hybrid" else attention
+    model = create_slab_lm("tiny", attention=first, norm=norm, init_std=0.1)
+    if attention == "hybrid":
+        model.layers[1] = create_slab_lm("tiny", attention="softmax", norm=norm, init_std=0.1).layers[1]
+    return randomize_norm_statistics(model, seed).eval()

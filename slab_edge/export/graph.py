@@ -199,9 +199,9 @@ def scope_node_names(model) -> int:
 
 
 def drop_untyped_value_info(model) -> int:
-    """Remove value_info entries without an element type (in place); returns how many.
+    """Remove value_info entries without a tensor element type (in place); returns how many.
 
-    onnxslim's shape inference writes such entries for the outputs of ops it has no schema for (ONNX
+    onnxslim writes such entries (an empty type) for the outputs of ops it has no schema for (ONNX
     Runtime's com.microsoft contrib ops); onnx.checker rejects them, and value_info is optional anyway.
     """
     keep = [vi for vi in model.graph.value_info if vi.type.tensor_type.elem_type != 0]

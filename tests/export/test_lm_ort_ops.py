@@ -22,30 +22,16 @@ from slab_edge.export.lm_ort_ops import (
     ort_ops_model,
     to_graph_state,
 )
-from slab_edge.models.slab_lm import create_slab_lm, fold_lm
+from slab_edge.models.slab_lm import fold_lm
 from slab_edge.ops.causal_sla import causal_conv1d_naive, causal_linear_attn_naive
 from slab_edge.ops.gla import gla_naive
 from slab_edge.runtime import load
 from slab_edge.runtime.generate import open_lm
 from slab_edge.runtime.onnxruntime_session import version_tuple
-from slab_edge.testing import assert_rel_close, randomize_norm_statistics
+from slab_edge.testing import assert_rel_close, parity_lm
 
 #: ORT's fp32 kernels vs float64 references, relative to the output's magnitude
 OP_RTOL = 2e-5
-
-
-def tiny_lm(attention: str, norm: str, seed: int = 0) -> nn.Module:
-    """The tiny config with weights large enough for clear greedy margins and random BN statistics.
-
-    attention "hybrid": SLA with its second block a softmax block (a KV cache beside recurrent states).
-    """
-    torch.manual_seed(seed)
-    model = create_slab_lm(
-        "tiny", attention="sla" if attention == "hybrid" else attention, norm=norm, init_std=0.1
-    )
-    if attention == "hybrid":
-        model.layers[1] = create_slab_lm("tiny", attention="softmax", norm=norm, init_std=0.1).layers[1]
-    return randomize_norm_statistics(model, seed).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,7 +151,7 @@ def test_causal_conv_with_state_is_our_short_conv_with_its_state(tmp_path):
 
 @pytest.mark.parametrize("attention", ["gla", "sla", "hybrid"])
 def test_contrib_op_mixers_equal_the_model_in_pytorch(attention):
-    folded, _ = fold_lm(tiny_lm(attention, "prepbn"))
+    folded, _ = fold_lm(parity_lm(attention, "prepbn"))
     swapped = ort_ops_model(folded)
     kinds = [type(layer.attn).__name__ for layer in swapped.layers]
     expected = {
@@ -206,7 +192,7 @@ class Exports:
     def get(self, attention: str, norm: str):
         key = (attention, norm)
         if key not in self.done:
-            model = tiny_lm(attention, norm)
+            model = parity_lm(attention, norm)
             out = self.folder / f"{attention}-{norm}"
             report = export_lm(model, out, meta={"tokenizer": "byte", "size": "tiny"}, threads=1, ops="ort")
             self.done[key] = (model, report, out)
@@ -293,7 +279,7 @@ def test_softmax_model_keeps_the_standard_graphs(tmp_path):
     # no GLA or SLA layer: nothing to put on the contrib ops (the hybrid export covers softmax layers' parity)
     meta = {"tokenizer": "none"}
     report = export_lm(
-        tiny_lm("softmax", "rmsnorm"), tmp_path / "s", meta=meta, graphs=("decode",), ops="ort"
+        parity_lm("softmax", "rmsnorm"), tmp_path / "s", meta=meta, graphs=("decode",), ops="ort"
     )
     assert report.metadata["ops"] == "standard" and "min_onnxruntime" not in report.metadata
     ops = {n.op_type for n in onnx.load(str(tmp_path / "s" / "decode.onnx")).graph.node}
@@ -350,7 +336,7 @@ def test_version_tuple():
 
 def test_unknown_ops_value_is_refused(tmp_path):
     with pytest.raises(InputError, match="ops must be one of standard, ort"):
-        export_lm(tiny_lm("gla", "rmsnorm"), tmp_path / "x", meta={"tokenizer": "byte"}, ops="trt")
+        export_lm(parity_lm("gla", "rmsnorm"), tmp_path / "x", meta={"tokenizer": "byte"}, ops="trt")
     assert not (tmp_path / "x").exists()
 
 
