@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lm_decode import add_common_arguments, common_forward_args, run_phases  # the sibling benchmark
 
 ATTENTIONS = ("gla", "sla")
 OPS = ("standard", "ort")
@@ -200,17 +199,10 @@ def parse(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[1], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", type=Path, default=Path("runs/bench-lm-ort-ops"), help="output folder")
-    p.add_argument("--phase", choices=("all", "export", "time"), default="all")
-    p.add_argument("--sizes", nargs="+", default=["tiny", "125m"], help="slab-lm sizes (tiny 125m 350m)")
+    add_common_arguments(p, "runs/bench-lm-ort-ops")
     p.add_argument("--attentions", nargs="+", default=list(ATTENTIONS), choices=ATTENTIONS)
-    p.add_argument("--contexts", nargs="+", type=int, default=[256, 4096, 16384])
     p.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu | cuda")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--iters", type=int, default=50, help="timed decode steps per graph")
-    p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--prefill-iters", type=int, default=5, help="timed prefill calls per graph and context")
-    p.add_argument("--model-kwargs", default=None, help="JSON overrides of the SLAB-LM config (smoke tests)")
     p.add_argument(
         "--smoke", action="store_true", help="tiny 2-layer 32-wide models, contexts 16/80, 3 iters"
     )
@@ -224,53 +216,12 @@ def parse(argv=None):
 
 
 def forward_args(args) -> list[str]:
-    return [
-        *("--out", str(args.out), "--sizes", *args.sizes, "--attentions", *args.attentions),
-        *(
-            "--contexts",
-            *map(str, args.contexts),
-            "--provider",
-            args.provider,
-            "--threads",
-            str(args.threads),
-        ),
-        *(
-            "--iters",
-            str(args.iters),
-            "--warmup",
-            str(args.warmup),
-            "--prefill-iters",
-            str(args.prefill_iters),
-        ),
-    ]
+    extra = ("--provider", args.provider, "--prefill-iters", str(args.prefill_iters))
+    return [*common_forward_args(args), *extra]
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if args.phase in ("all", "time") and load > 0.5:
-        print(
-            f"warning: 1-minute load average {load:.1f}: timings on a busy machine are not meaningful",
-            file=sys.stderr,
-        )
-    if args.phase in ("all", "export"):
-        from slab_edge.io import atomic_write_json
-
-        atomic_write_json(args.out / "exports.json", export_all(args, args.out))
-    if args.phase == "all":
-        # time in a fresh interpreter: no idle torch thread pool beside the ONNX Runtime sessions
-        return subprocess.call([sys.executable, __file__, "--phase", "time", *forward_args(args)])
-    if args.phase == "time":
-        from slab_edge.io import atomic_write_json
-
-        results = time_all(args, args.out)
-        atomic_write_json(args.out / "results.json", results)
-        print(table(results))
-        print(f"\nresults: {args.out / 'results.json'}")
-        if mismatches(results):
-            return 1
-    return 0
+    return run_phases(parse(argv), __file__, export_all, time_all, table, forward_args, failed=mismatches)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ the ops."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from _export_helpers import LMExports, check_long_prompt_and_continuation
 from torch import nn
 
 from slab_edge import cli
@@ -185,23 +188,9 @@ VARIANTS = [
 ]
 
 
-class Exports:
-    def __init__(self, folder):
-        self.folder, self.done = folder, {}
-
-    def get(self, attention: str, norm: str):
-        key = (attention, norm)
-        if key not in self.done:
-            model = parity_lm(attention, norm)
-            out = self.folder / f"{attention}-{norm}"
-            report = export_lm(model, out, meta={"tokenizer": "byte", "size": "tiny"}, threads=1, ops="ort")
-            self.done[key] = (model, report, out)
-        return self.done[key]
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    return Exports(tmp_path_factory.mktemp("lm_ort_exports"))
+    return LMExports(tmp_path_factory.mktemp("lm_ort_exports"), parity_lm, ops="ort")
 
 
 @pytest.mark.parametrize("attention, norm", VARIANTS)
@@ -253,26 +242,8 @@ def test_graphs_run_the_contrib_ops_with_the_state_layout_in_metadata(exports, a
 @pytest.mark.parametrize("attention, norm", [("gla", "prepbn"), ("sla", "rmsnorm"), ("hybrid", "prepbn")])
 def test_long_prompt_in_one_call_and_prompt_continuation(exports, attention, norm):
     model, _, out = exports.get(attention, norm)
-    folded, _ = fold_lm(model)
-    prompt = torch.randint(0, 256, (1, 300), generator=torch.Generator().manual_seed(3))  # 5 chunks of 64
-    with torch.no_grad():
-        ref_logits, ref_state = folded.prefill(prompt)
-    with open_lm(out, threads=1) as lm:
-        logits, state = lm.prefill(prompt[0].numpy())
-        np.testing.assert_allclose(logits, ref_logits[0, -1].numpy(), atol=LOGIT_TOLERANCE)
-        graph_ref = to_graph_state(ort_ops_model(folded), ref_state)
-        for spec, want in zip(lm.layout, graph_ref):
-            assert_rel_close(torch.from_numpy(state[spec.input]), want, 1e-4, spec.input)
-        # a prompt continued from a carried state equals the whole prompt at once
-        _, first = lm.prefill(prompt[0, :130].numpy())
-        continued, carried = lm.prefill(prompt[0, 130:].numpy(), first)
-        np.testing.assert_allclose(continued, logits, atol=LOGIT_TOLERANCE)
-        # and decoding goes on from it
-        step_ref, _ = folded.step(prompt[0, -1:], ref_state)
-        step, _ = lm.step(int(prompt[0, -1]), carried)
-        np.testing.assert_allclose(step, step_ref[0].detach().numpy(), atol=LOGIT_TOLERANCE)
-        grows = any(s.grows for s in lm.layout)
-        assert (lm.state_bytes(state) > lm.state_bytes(lm.initial_state())) == grows
+    swapped = ort_ops_model(fold_lm(model)[0])
+    check_long_prompt_and_continuation(model, out, functools.partial(to_graph_state, swapped))
 
 
 def test_softmax_model_keeps_the_standard_graphs(tmp_path):
@@ -338,30 +309,3 @@ def test_unknown_ops_value_is_refused(tmp_path):
     with pytest.raises(InputError, match="ops must be one of standard, ort"):
         export_lm(parity_lm("gla", "rmsnorm"), tmp_path / "x", meta={"tokenizer": "byte"}, ops="trt")
     assert not (tmp_path / "x").exists()
-
-
-def test_cli_export_lm_ops_ort_then_generate(tmp_path, capsys):
-    run = tmp_path / "run"
-    tiny = "model_kwargs={dim: 32, num_layers: 1, num_heads: 2, ffn_dim: 64}"
-    train = (
-        f"train-lm --output {run} --steps 1 --seq-len 32 --batch-size 2 --max-corpus-bytes 40000 "
-        "--val-fraction 0.2 --attention sla --norm prepbn --final-eval-tokens 256 --no-progress "
-        "--threads 1 --set"
-    ).split() + [tiny]
-    assert cli.main(train) == 0
-    capsys.readouterr()
-    assert cli.main(["export-lm", str(run), "--ops", "ort", "--threads", "1", "--parity-tokens", "16"]) == 0
-    log = capsys.readouterr().out
-    assert "16/16 tokens identical" in log and "ops: ort" in log
-    argv = [
-        "generate",
-        str(run / "onnx"),
-        "--prompt",
-        "def main():",
-        "--max-new-tokens",
-        "8",
-        "--threads",
-        "1",
-    ]
-    assert cli.main(argv) == 0
-    assert capsys.readouterr().out.startswith("def main():")
