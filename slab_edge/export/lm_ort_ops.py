@@ -192,67 +192,69 @@ TRANSLATIONS = {
 # Mixers on the contrib ops (same parameters as the mixers they wrap, same token interface)
 
 
-class OrtGatedLinearAttention(nn.Module):
+class _ContribOpMixer(nn.Module):
+    """A token mixer on the contrib ops around the layer it replaces (whose parameters it uses).
+
+    Subclasses implement forward(x [B, T, C], state, output_final_state) and, when their state layout
+    differs from the wrapped layer's, graph_state.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def graph_state(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The wrapped layer's state in this mixer's layout (the same tensors unless overridden)."""
+        return tuple(state)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> tuple[torch.Tensor, ...]:
+        return self.graph_state(self.inner.init_state(batch_size, device=device, dtype=dtype))
+
+    def step(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One token: x [B, C] -> (y [B, C], new state); the ops take T = 1 as they take any T."""
+        y, state = self.forward(x.unsqueeze(1), state, output_final_state=True)
+        return y.squeeze(1), state
+
+
+class OrtGatedLinearAttention(_ContribOpMixer):
     """GLA whose recurrence is LinearAttention (gated rule). [B, T, C] -> [B, T, C]; state S [B, H, d_k, d_v].
 
     Args:
-        gla: the (folded) GLA layer whose projections, gate, output norm and output gate are used.
+        inner: the (folded) GLA layer whose projections, gate, output norm and output gate are used.
     """
 
     state_names = ("S",)
-
-    def __init__(self, gla: GatedLinearAttention) -> None:
-        super().__init__()
-        self.inner = gla
-
-    def init_state(self, batch_size: int, device=None, dtype=None) -> tuple[torch.Tensor, ...]:
-        return self.inner.init_state(batch_size, device=device, dtype=dtype)
-
-    def graph_state(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """The wrapped layer's state in this layer's layout: the same S."""
-        return tuple(state)
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None, output_final_state: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """x [B, T, C], optional state -> (y [B, T, C], state after x or None)."""
         gla = self.inner
+        (past,) = state if state is not None else self.init_state(x.shape[0], device=x.device)
         q, k, v, g = gla._project(x)  # [B, T, H, *]
-        past = state[0] if state is not None else gla.init_state(x.shape[0], device=x.device)[0]
         o, s = linear_attention(
             q.flatten(2), k.flatten(2), v.flatten(2), past, g.flatten(2), gla.num_heads, "gated", gla.scale
         )  # o [B, T, H * d_v]
         y = gla._output(x, o.unflatten(-1, (gla.num_heads, gla.head_v_dim)))
         return y, ((s,) if output_final_state else None)
 
-    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """One token: x [B, C] -> (y [B, C], new state)."""
-        y, state = self.forward(x.unsqueeze(1), state, output_final_state=True)
-        return y.squeeze(1), state
 
-
-class OrtCausalSLA(nn.Module):
+class OrtCausalSLA(_ContribOpMixer):
     """Causal SLA on LinearAttention (linear rule, normalizer as a ones column of v) + CausalConvWithState.
 
     [B, T, C] -> [B, T, C]; state Sz [B, H, d, d + 1] float32 (S in [..., :d], z in [..., d]) and
     conv [B, C, W-1].
 
     Args:
-        sla: the (folded) causal SLA layer whose qkv, conv and proj are used.
+        inner: the (folded) causal SLA layer whose qkv, conv and proj are used.
     """
 
     state_names = ("Sz", "conv")
 
-    def __init__(self, sla: CausalSimplifiedLinearAttention) -> None:
-        super().__init__()
-        self.inner = sla
-
-    def init_state(self, batch_size: int, device=None, dtype=None) -> tuple[torch.Tensor, ...]:
-        s, z, conv = self.inner.init_state(batch_size, device=device, dtype=dtype)
-        return torch.cat([s, z.unsqueeze(-1)], dim=-1), conv
-
     def graph_state(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """The wrapped layer's (S, z, conv) in this layer's layout (Sz, conv)."""
+        """The wrapped layer's (S, z, conv) as (Sz, conv)."""
         s, z, conv = state
         return torch.cat([s, z.unsqueeze(-1)], dim=-1), conv
 
@@ -265,28 +267,14 @@ class OrtCausalSLA(nn.Module):
         sz, conv = state if state is not None else self.init_state(b, device=x.device)
         q, k, v = sla._split(x)  # [B, T, H, d]
         v_ones = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # [B, T, H, d + 1]
-        o, sz = linear_attention(
-            F.relu(q).flatten(2),
-            F.relu(k).flatten(2),
-            v_ones.flatten(2),
-            sz,
-            None,
-            sla.num_heads,
-            "linear",
-            1.0,
-        )
+        q, k, v_ones = F.relu(q).flatten(2), F.relu(k).flatten(2), v_ones.flatten(2)
+        o, sz = linear_attention(q, k, v_ones, sz, None, sla.num_heads, "linear", 1.0)
         o = o.unflatten(-1, (sla.num_heads, sla.head_dim + 1))  # [B, T, H, d + 1]: q S and q . z
-        o = o[..., : sla.head_dim] / (o[..., sla.head_dim :] + sla.eps)
-        local, conv = causal_conv_with_state(
-            v.reshape(b, t, c).transpose(1, 2), sla.dwc.weight, sla.dwc.bias, conv
-        )
+        o = o[..., : sla.head_dim] / (o[..., sla.head_dim :] + sla.eps)  # the division after the op
+        v_first = v.reshape(b, t, c).transpose(1, 2)  # [B, C, T]: the op is channels first
+        local, conv = causal_conv_with_state(v_first, sla.dwc.weight, sla.dwc.bias, conv)
         o = o.reshape(b, t, c) + local.transpose(1, 2)
         return sla.proj(o), ((sz, conv) if output_final_state else None)
-
-    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """One token: x [B, C] -> (y [B, C], new state)."""
-        y, state = self.forward(x.unsqueeze(1), state, output_final_state=True)
-        return y.squeeze(1), state
 
 
 #: mixer type -> its contrib-op form; layers of any other type (softmax attention) stay as they are
@@ -308,7 +296,7 @@ def to_graph_state(model: nn.Module, state: tuple[torch.Tensor, ...]) -> tuple[t
     out, start = [], 0
     for layer in model.layers:
         mixer = layer.attn
-        wrapped = isinstance(mixer, tuple(_ORT_MIXERS.values()))
+        wrapped = isinstance(mixer, _ContribOpMixer)
         n = len((mixer.inner if wrapped else mixer).state_names)
         piece = tuple(state[start : start + n])
         out.extend(mixer.graph_state(piece) if wrapped else piece)
@@ -324,7 +312,7 @@ def ort_ops_metadata(model: nn.Module, layout: list[dict[str, Any]]) -> dict[str
     A model without GLA or SLA layers (the softmax baseline) has no contrib op to run: its graphs are the
     standard ones and say so.
     """
-    if not any(isinstance(layer.attn, tuple(_ORT_MIXERS.values())) for layer in model.layers):
+    if not any(isinstance(layer.attn, _ContribOpMixer) for layer in model.layers):
         return {"ops": "standard"}
     for entry in layout:
         if entry["name"] == "Sz":
