@@ -52,14 +52,14 @@ def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
 def parity_lm(attention: str, norm: str, seed: int = 0) -> nn.Module:
     """A tiny SLAB-LM for export parity: init std 0.1 (clear greedy margins), random BN statistics, eval.
 
-    attention "sla" | "gla" | "softmax", or "hybrid": SLA whose second block is a softmax block (a KV cache
-    beside the recurrent states).
+    attention "sla" | "gla" | "softmax", or "hybrid": the 1:1 sla:softmax hybrid (attention_pattern "LS":
+    a recurrent state and a KV cache side by side).
     """
     from slab_edge.models.slab_lm import create_slab_lm
 
     torch.manual_seed(seed)
-    first = "sla" if attention == "hybrid" else attention
-    model = create_slab_lm("tiny", attention=first, norm=norm, init_std=0.1)
-    if attention == "hybrid":
-        model.layers[1] = create_slab_lm("tiny", attention="softmax", norm=norm, init_std=0.1).layers[1]
+    kinds = (
+        {"attention": "sla", "attention_pattern": "LS"} if attention == "hybrid" else {"attention": attention}
+    )
+    model = create_slab_lm("tiny", norm=norm, init_std=0.1, **kinds)
     return randomize_norm_statistics(model, seed).eval()

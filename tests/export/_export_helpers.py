@@ -82,6 +82,32 @@ def build_reduced(name: str, seed: int = 0) -> nn.Module:
     return randomize(create_model(name, **reduced_kwargs(name)), seed).eval()
 
 
+def write_custom_op_onnx(path, body: bool = False):
+    """q, k, v [B, 4, 2, 8] -> one SlabLinearAttention node (domain slab) -> y; `body`: with a function body,
+    as the `--custom-ops ort` export writes it (here a stand-in body: the build never runs it)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from slab_edge import native
+    from slab_edge.export.onnx_export import set_metadata
+
+    attrs = dict(eps=1e-6, plugin_version=native.PLUGIN_VERSION, plugin_namespace=native.PLUGIN_NAMESPACE)
+    node = helper.make_node("SlabLinearAttention", ["q", "k", "v"], ["y"], domain=native.OP_DOMAIN,
+                            name="blocks.0.attn/sla_core/fused", **attrs)  # fmt: skip
+    functions = []
+    if body:
+        functions.append(helper.make_function(native.OP_DOMAIN, native.OP_TYPE, ["q", "k", "v"], ["y"],
+                                              [helper.make_node("Identity", ["v"], ["y"])],
+                                              [helper.make_opsetid("", 18)], attributes=["eps"]))  # fmt: skip
+    tensor = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4, 2, 8])
+    graph = helper.make_graph([node], "g", [tensor("q"), tensor("k"), tensor("v")], [tensor("y")])
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid(native.OP_DOMAIN, native.OP_DOMAIN_VERSION)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions)
+    set_metadata(model, {"model": "toy", "precision": "fp32"})
+    onnx.save(model, str(path))
+    return path
+
+
 class LMExports:
     """export_lm results of tiny SLAB-LMs, made once per (attention, norm) for a test module.
 
@@ -108,11 +134,11 @@ class LMExports:
         return self.done[key]
 
 
-def check_long_prompt_and_continuation(model: nn.Module, out, graph_state=tuple) -> None:
+def check_long_prompt_and_continuation(model: nn.Module, out, graph_state=tuple) -> list:
     """An export of `model` in folder `out` on a 300-token prompt (5 chunks of 64) in one prefill call:
     logits and state vs PyTorch, the same prompt continued from a carried state, a decode step after it,
-    and the state size (constant, or growing for a KV cache). `graph_state` maps the model's flat state to
-    the graphs' layout."""
+    and the state's shapes (a KV cache grows by the prompt's length, recurrent states keep their size).
+    `graph_state` maps the model's flat state to the graphs' layout. Returns the export's state layout."""
     import numpy as np
 
     from slab_edge.export.lm import LOGIT_TOLERANCE
@@ -136,5 +162,10 @@ def check_long_prompt_and_continuation(model: nn.Module, out, graph_state=tuple)
         np.testing.assert_allclose(continued, logits, atol=LOGIT_TOLERANCE)
         step, _ = lm.step(int(prompt[0, -1]), carried)
         np.testing.assert_allclose(step, ref_step[0].numpy(), atol=LOGIT_TOLERANCE)
-        grows = any(s.grows for s in lm.layout)  # a KV cache grows with the prompt, a recurrent state not
-        assert (lm.state_bytes(state) > lm.state_bytes(lm.initial_state())) == grows
+        initial = lm.initial_state()
+    for spec in lm.layout:
+        want = list(initial[spec.input].shape)
+        if spec.grows:  # [B, H, past_len, d]
+            want[spec.shape.index("past_len")] = prompt.shape[1]
+        assert list(state[spec.input].shape) == want, spec.input
+    return lm.layout
