@@ -58,3 +58,19 @@ FUSED_SLA_GPU_TOLERANCE = {
     torch.float16: 2.0**-11 + 1e-4,
     torch.bfloat16: 2.0**-8 + 1e-4,
 }
+
+
+def parity_lm(attention: str, norm: str, seed: int = 0) -> nn.Module:
+    """A tiny SLAB-LM for export parity: init std 0.1 (clear greedy margins), random BN statistics, eval.
+
+    attention "sla" | "gla" | "softmax", or "hybrid": the 1:1 sla:softmax hybrid (attention_pattern "LS":
+    a recurrent state and a KV cache side by side).
+    """
+    from slab_edge.models.slab_lm import create_slab_lm
+
+    torch.manual_seed(seed)
+    kinds = (
+        {"attention": "sla", "attention_pattern": "LS"} if attention == "hybrid" else {"attention": attention}
+    )
+    model = create_slab_lm("tiny", norm=norm, init_std=0.1, **kinds)
+    return randomize_norm_statistics(model, seed).eval()

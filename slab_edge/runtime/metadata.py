@@ -34,6 +34,8 @@ KEYS: dict[str, tuple[bool, str]] = {
     "state_layout": (True, "list of {name, shape, dtype} of the recurrent-state inputs/outputs per layer"),
     "max_prompt_len": (True, "longest prompt the prefill graph accepts (null = any)"),
     "vocab_size": (True, "vocabulary size"),
+    "ops": (False, "standard (ONNX ops only) | ort (ONNX Runtime contrib ops: export-lm --ops ort)"),
+    "min_onnxruntime": (False, "oldest ONNX Runtime version that runs the graph, e.g. 1.25.1"),
 }
 
 SIDECAR_SUFFIX = ".json"

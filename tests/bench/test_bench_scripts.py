@@ -139,3 +139,22 @@ def test_vision_gpu_smoke_on_cpu(tmp_path):
     (micro,) = results["micro"]
     assert {"fused_eager_us", "matmul_eager_us", "sdpa_eager_us"} <= set(micro)
     assert "slab/timm" in proc.stdout and "micro tiny" in proc.stdout
+
+
+def test_lm_ort_ops_smoke(tmp_path):
+    """bench/lm_ort_ops.py --smoke: standard vs --ops ort exports of one model, prefill and decode timed."""
+    out = tmp_path / "ort_ops"
+    proc = run("lm_ort_ops.py", "--smoke", "--out", str(out), "--attentions", "sla", "--threads", "1")
+    results = json.loads((out / "results.json").read_text())
+    block = results["models"]["tiny_sla"]
+    assert block["graph_ops"] == {"standard": "standard", "ort": "ort"}
+    rows = block["contexts"]
+    assert set(rows) == {"16", "80"}
+    for row in rows.values():
+        assert row["logits_max_abs"] <= 1e-3  # the two graphs are one model
+        assert row["prefill_ratio"] > 0 and row["decode_ratio"] > 0
+        assert row["ort"]["prefill_tokens_per_s"] > 0 and row["standard"]["decode_ms"] > 0
+    # constant-size states; packing S [d, d] and z [d] into Sz [d, d + 1] keeps the bytes
+    assert rows["16"]["ort"]["state_bytes"] == rows["80"]["ort"]["state_bytes"]
+    assert rows["16"]["ort"]["state_bytes"] == rows["16"]["standard"]["state_bytes"]
+    assert "ort/std" in proc.stdout

@@ -6,12 +6,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _export_helpers import LMExports, check_long_prompt_and_continuation
 
 from slab_edge import cli
 from slab_edge.data.text_tokenizer import train_bpe
 from slab_edge.errors import InputError
 from slab_edge.export.lm import LOGIT_TOLERANCE, export_lm
-from slab_edge.models.slab_lm import create_slab_lm, fold_lm
+from slab_edge.models.slab_lm import create_slab_lm
 from slab_edge.runtime.generate import open_lm
 
 #: (attention, norm); "sla-LLLS" is the 3:1 sla:softmax hybrid over 4 layers (recurrent states + a KV cache)
@@ -45,23 +46,9 @@ def tiny_lm(attention: str, norm: str, seed: int = 0):
     return model.eval()
 
 
-class Exports:
-    def __init__(self, folder):
-        self.folder, self.done = folder, {}
-
-    def get(self, attention: str, norm: str):
-        key = (attention, norm)
-        if key not in self.done:
-            model = tiny_lm(attention, norm)
-            out = self.folder / f"{attention}-{norm}"
-            report = export_lm(model, out, meta={"tokenizer": "byte", "size": "tiny"}, threads=1)
-            self.done[key] = (model, report, out)
-        return self.done[key]
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    return Exports(tmp_path_factory.mktemp("lm_exports"))
+    return LMExports(tmp_path_factory.mktemp("lm_exports"), tiny_lm)
 
 
 @pytest.mark.parametrize("attention, norm", VARIANTS)
@@ -100,26 +87,12 @@ def test_graphs_carry_the_state_layout_and_no_batchnorm(exports, attention, norm
 @pytest.mark.parametrize("attention, norm", VARIANTS)
 def test_long_prompt_in_one_call_and_prompt_continuation(exports, attention, norm):
     model, _, out = exports.get(attention, norm)
-    folded, _ = fold_lm(model)
-    prompt = torch.randint(0, 256, (1, 300), generator=torch.Generator().manual_seed(3))  # 5 chunks of 64
-    with torch.no_grad():
-        ref_logits, _ = folded.prefill(prompt)
-    with open_lm(out, threads=1) as lm:
-        logits, state = lm.prefill(prompt[0].numpy())
-        np.testing.assert_allclose(logits, ref_logits[0, -1].numpy(), atol=LOGIT_TOLERANCE)
-        # a prompt continued from a carried state equals the whole prompt at once
-        _, first = lm.prefill(prompt[0, :130].numpy())
-        continued, _ = lm.prefill(prompt[0, 130:].numpy(), first)
-        np.testing.assert_allclose(continued, logits, atol=LOGIT_TOLERANCE)
-        initial = lm.initial_state()
-    kv_cache = {f"past.{i}.{n}" for i, k in enumerate(model.config.layer_attention()) if k == "softmax"
-                for n in STATE_NAMES[k]}  # fmt: skip
-    for name, array in state.items():
-        if name in kv_cache:  # [B, H, past_len, d]: the KV cache grew with the prompt
-            assert array.shape == (*initial[name].shape[:2], 300, initial[name].shape[3]), name
-        else:  # constant-size recurrent state
-            assert array.shape == initial[name].shape, name
-    assert any(name in kv_cache for name in state) == (attention in ("softmax", "sla-LLLS"))
+    layout = check_long_prompt_and_continuation(model, out)
+    # the growing tensors are exactly the softmax layers' KV caches
+    kv_cache = [f"past.{i}.{n}" for i, k in enumerate(model.config.layer_attention()) if k == "softmax"
+                for n in STATE_NAMES[k]]  # fmt: skip
+    assert [s.input for s in layout if s.grows] == kv_cache
+    assert bool(kv_cache) == (attention in ("softmax", "sla-LLLS"))
 
 
 def test_wrong_state_and_tokenizer_are_refused(exports):
@@ -195,6 +168,13 @@ def test_cli_train_export_generate_with_a_bpe_tokenizer(tmp_path, capsys):
     assert captured.out.startswith("def main():") and "tokens/s" in captured.err
     assert cli.main(["generate", str(run / "onnx"), "--prompt", ""]) == 2
     assert "empty prompt" in capsys.readouterr().err
+    # the same run on ONNX Runtime's recurrent ops (tests/export/test_lm_ort_ops.py)
+    ort = ["export-lm", str(run), "-o", str(run / "ort"), "--ops", "ort", "--threads", "1"]
+    assert cli.main([*ort, "--parity-tokens", "16"]) == 0
+    log = capsys.readouterr().out
+    assert "16/16 tokens identical" in log and "ops: ort (needs onnxruntime >= 1.25.1)" in log
+    assert cli.main([argv[0], str(run / "ort"), *argv[2:]]) == 0
+    assert capsys.readouterr().out.startswith("def main():")
 
 
 def test_cli_train_export_generate_a_hybrid(tmp_path, capsys):
