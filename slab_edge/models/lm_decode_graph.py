@@ -59,6 +59,7 @@ __all__ = [
     "StaticDecoder",
     "cached_decoder",
     "decoder_for_generate",
+    "supports_static_decoding",
 ]
 
 MODES = ("static", "graph", "compile", "compile+graph", "reduce-overhead")
@@ -67,6 +68,9 @@ CUDA_MODES = ("graph", "compile+graph", "reduce-overhead")
 MAX_GRAPH_BATCH = 8
 #: static KV caches are sized in multiples of this, so that generations of similar length share one capture
 KV_LENGTH_BUCKET = 256
+#: static KV cache lengths are rounded up to a multiple of this (the memory-efficient attention kernel's mask
+#: alignment; an unaligned mask costs a padding copy per layer and step)
+KV_ALIGN = 16
 #: runs before a capture: compilation, cuBLAS handles and the allocator's first blocks happen outside it
 WARMUP_STEPS = 3
 
@@ -391,6 +395,11 @@ _MIXER_KINDS: dict[type, _MixerKind] = {
 }
 
 
+def supports_static_decoding(model: nn.Module) -> bool:
+    """True when every block's token mixer has a static decoding step."""
+    return all(type(block.attn) in _MIXER_KINDS for block in model.layers)
+
+
 def _mixer_kind(attn: nn.Module) -> _MixerKind:
     kind = _MIXER_KINDS.get(type(attn))
     if kind is None:
@@ -443,8 +452,9 @@ class StaticDecoder:
             (weights in `dtype`, fused projections) and keeps no reference to the module; rebuild it after
             changing the weights (cached_decoder does that by itself).
         batch_size: B, fixed.
-        max_len: positions of the static KV cache of softmax layers (prompt + generated tokens); default the
-            model's context_length. Ignored by models without softmax layers (their state is constant-size).
+        max_len: positions of the static KV cache of softmax layers (prompt + generated tokens), rounded up to
+            a multiple of KV_ALIGN; default the model's context_length. Ignored by models without softmax
+            layers (their state is constant-size).
         dtype: compute dtype of the GEMMs (bf16 for bf16 autocast); default the model's parameter dtype.
         mode: one of MODES.
         compile_backend: torch.compile backend of the compile modes ("inductor"; "aot_eager" traces the
@@ -478,7 +488,7 @@ class StaticDecoder:
             max_len = model.config.context_length
         if has_kv and max_len < 1:
             raise InputError(f"max_len must be >= 1, got {max_len}")
-        self.max_len = max_len if has_kv else None
+        self.max_len = -(-max_len // KV_ALIGN) * KV_ALIGN if has_kv else None
         with torch.no_grad():
             self.layers = [self._layer(block, kind) for block, kind in zip(model.layers, kinds)]
             self.embed_weight = model.embed.weight.detach()
@@ -713,14 +723,16 @@ def decoder_for_generate(
 ) -> StaticDecoder | None:
     """The static decoder generate() steps with after prefilling input_ids [B, T], or None for SlabLM.step.
 
-    cuda_graph None means: on when the model is on CUDA and B <= MAX_GRAPH_BATCH. The compute dtype is the
-    active autocast dtype, else the model's. T + max_new_tokens sizes the static KV cache, rounded up to
-    KV_LENGTH_BUCKET.
+    cuda_graph None means: on when the model is on CUDA, B <= MAX_GRAPH_BATCH and every mixer has a static
+    step (supports_static_decoding). The compute dtype is the active autocast dtype, else the model's.
+    T + max_new_tokens sizes the static KV cache, rounded up to KV_LENGTH_BUCKET.
     """
     batch_size, total_len = input_ids.shape[0], input_ids.shape[1] + max_new_tokens
     device = model.embed.weight.device
     if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and batch_size <= MAX_GRAPH_BATCH
+        cuda_graph = (
+            device.type == "cuda" and batch_size <= MAX_GRAPH_BATCH and supports_static_decoding(model)
+        )
     if cuda_graph and device.type != "cuda":
         raise InputError(f"cuda_graph=True needs the model on a CUDA device, it is on {device.type}")
     if max_new_tokens < 2 or not (cuda_graph or compile_step):  # one token needs no step at all

@@ -11,7 +11,12 @@ from torch import nn
 
 from slab_edge.errors import InputError
 from slab_edge.layers.reparam import reparameterize_model
-from slab_edge.models.lm_decode_graph import StaticDecoder, cached_decoder, decoder_for_generate
+from slab_edge.models.lm_decode_graph import (
+    StaticDecoder,
+    cached_decoder,
+    decoder_for_generate,
+    supports_static_decoding,
+)
 from slab_edge.models.slab_lm import create_slab_lm
 from slab_edge.testing import assert_rel_close, mixed_attention_lm, randomize_norm_statistics
 
@@ -78,13 +83,13 @@ def test_static_step_equals_eager_step(attention, norm):
 def test_static_kv_cache_equals_growing_cache_and_is_clean_behind_the_mask():
     model = model_for("softmax")
     start, fed, _, ref_state = eager_run(model, prompt(), STEPS)
-    decoder = StaticDecoder(model, batch_size=2, max_len=40, mode="static")
+    decoder = StaticDecoder(model, batch_size=2, max_len=40, mode="static")  # 48 slots: a multiple of 16
     decoder.start(tuple(torch.full_like(t, float("nan")) for t in start), PROMPT)  # garbage first...
     static_run(decoder, start, PROMPT, fed)  # ...then the real prompt state
     length = PROMPT + STEPS
     for layer in decoder.layers:
         k, v, _ = layer.state
-        assert k.shape[2] == 40 and (k[:, :, length:] == 0).all() and (v[:, :, length:] == 0).all()
+        assert k.shape[2] == 48 and (k[:, :, length:] == 0).all() and (v[:, :, length:] == 0).all()
     for name, a, b in zip(model.state_names(), decoder.state(), ref_state):
         assert a.shape == b.shape == (2, 4, length, 16), name  # the growing cache's length, not the buffer's
         assert_rel_close(a, b, FP32_RTOL, name)
@@ -160,15 +165,15 @@ def test_bf16_autocast_decoding_mirrors_eager_autocast():
 @pytest.mark.parametrize("batch", [1, 3])
 def test_bytes_per_step_count_every_weight_once(batch):
     model = model_for("hybrid", "prepbn-folded")  # gla, sla, softmax; dim 64, 4 heads
-    decoder = StaticDecoder(model, batch, max_len=20, dtype=torch.bfloat16, mode="static")
+    decoder = StaticDecoder(model, batch, max_len=20, dtype=torch.bfloat16, mode="static")  # 32 slots
     counted = decoder.bytes_per_step()
     kept_fp32 = model.layers[0].attn.g_norm.weight.numel()  # GLA's output norm weight is not cast
     weights = 2 * (model.num_params(exclude_embedding=True) - kept_fp32) + 4 * kept_fp32
     assert counted["weights"] == weights + 4 * batch * 64  # + the embedding rows looked up (fp32 table)
     gla = 4 * 8 * 16 * 4  # S [B, 4, d_k / 4, d_v / 4] fp32
     sla = 4 * 16 * 16 * 4 + 4 * 16 * 4 + 64 * 3 * 2  # S, z fp32; conv [B, C, W-1] bf16
-    kv = 2 * 4 * 20 * 16 * 2  # k and v [B, H, L_max, d] bf16
-    assert counted["state"] == batch * (gla + sla + kv) + 20 * 8  # + the cache's slot indices (int64)
+    kv = 2 * 4 * 32 * 16 * 2  # k and v [B, H, L_max, d] bf16
+    assert counted["state"] == batch * (gla + sla + kv) + 32 * 8  # + the cache's slot indices (int64)
 
 
 def test_cached_decoder_is_reused_until_the_weights_change():
@@ -199,6 +204,7 @@ def test_bad_input_gives_one_clear_error():
     model = model_for("hybrid")
     start, _, _, _ = eager_run(model, prompt(), 0)
     decoder = StaticDecoder(model, 2, max_len=PROMPT + 2, mode="static")
+    assert decoder.max_len == 32  # rounded up to a multiple of 16
     with pytest.raises(InputError, match="state has 3 tensors, this model needs 6"):
         decoder.start(start[:3], PROMPT)
     bad = list(start)
@@ -209,14 +215,14 @@ def test_bad_input_gives_one_clear_error():
         InputError, match=r"layers\.2\.k_cache has shape \(2, 4, 19, 16\).*expected \(2, 4, 18, 16\)"
     ):
         decoder.start(start, PROMPT - 1)  # the KV cache holds PROMPT positions
-    with pytest.raises(InputError, match=r"length must be in \[0, 21\)"):
-        decoder.start(start, 30)
-    decoder.start(start, PROMPT)
+    with pytest.raises(InputError, match=r"length must be in \[0, 32\)"):
+        decoder.start(start, 32)
+    decoder.start(None)
     with pytest.raises(InputError, match=r"token must be integer ids of shape \(2,\)"):
         decoder.step(torch.tensor([1, 2, 3]))
-    decoder.step(torch.tensor([1, 2]))
-    decoder.step(torch.tensor([1, 2]))
-    with pytest.raises(InputError, match="static KV cache holds 21 tokens and is full"):
+    for _ in range(32):
+        decoder.step(torch.tensor([1, 2]))
+    with pytest.raises(InputError, match="static KV cache holds 32 tokens and is full"):
         decoder.step(torch.tensor([1, 2]))
     with pytest.raises(InputError, match="needs the model on a CUDA device"):
         StaticDecoder(model, 1, mode="graph")
@@ -231,3 +237,6 @@ def test_unknown_mixer_is_named():
     model.layers[1].attn = type("MyMixer", (nn.Module,), {})()
     with pytest.raises(InputError, match="no static decoding step for the token mixer MyMixer"):
         StaticDecoder(model, 1, mode="static")
+    assert not supports_static_decoding(model)  # generate()'s default then steps eagerly, even on CUDA
+    with pytest.raises(InputError, match="MyMixer"):  # asked for explicitly: an error
+        decoder_for_generate(model, prompt(), 8, False, True)
