@@ -105,8 +105,9 @@ class Decode:
         return torch.stack(out_tokens), torch.stack(out_logits)
 
 
-def greedy_agreement(session: Decode, reference: Decode, feed: dict, tokens: int) -> dict[str, Any]:
-    ref_tokens, ref_logits = reference.greedy(feed, tokens)
+def greedy_agreement(session: Decode, reference: tuple, feed: dict, tokens: int) -> dict[str, Any]:
+    """reference: eager's Decode.greedy(feed, tokens)."""
+    ref_tokens, ref_logits = reference
     got_tokens, _ = session.greedy(feed, tokens)
     _, forced_logits = session.greedy(feed, tokens, forced=ref_tokens)
     differs = (got_tokens != ref_tokens).any(dim=-1).nonzero()
@@ -177,12 +178,13 @@ def measure(size: str, attention: str, args, device, dtype, started: float) -> d
             sessions[f"{variant}/{norm}"] = Decode(model, decoder, amp, args.tokens_per_run)
             feeds[f"{variant}/{norm}"] = feed
     for norm in NORMS:
-        reference = sessions[f"eager/{norm}"] if "eager" in variants else None
-        for variant in variants:
-            if reference is not None and variant != "eager":
-                session, feed = sessions[f"{variant}/{norm}"], feeds[f"{variant}/{norm}"]
-                agreement = greedy_agreement(session, reference, feed, args.check_tokens)
-                row.setdefault("greedy_vs_eager", {}).setdefault(variant, {})[norm] = agreement
+        if "eager" not in variants:
+            break
+        reference = sessions[f"eager/{norm}"].greedy(feeds[f"eager/{norm}"], args.check_tokens)
+        for variant in [v for v in variants if v != "eager"]:
+            session, feed = sessions[f"{variant}/{norm}"], feeds[f"{variant}/{norm}"]
+            agreement = greedy_agreement(session, reference, feed, args.check_tokens)
+            row.setdefault("greedy_vs_eager", {}).setdefault(variant, {})[norm] = agreement
     times = time_interleaved(sessions, feeds, warmup=args.warmup, iters=args.iters, switch_discard=1)
     results = {}
     for variant in variants:

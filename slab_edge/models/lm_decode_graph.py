@@ -154,6 +154,8 @@ class KVCache(NamedTuple):
     k: torch.Tensor  # [B, H, L_max, d] compute dtype, rotated keys
     v: torch.Tensor  # [B, H, L_max, d]
     slots: torch.Tensor  # [L_max] long: 0 .. L_max - 1, compared with the position for the mask
+    cos: torch.Tensor  # [L_max, d] float32 rotary table (read-only), one row per position
+    sin: torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,9 +192,11 @@ def sla_block_step(
     b, c = x.shape
     heads = w.heads
     h = _norm(x, block.norm1)
-    q, k, v = F.linear(h.to(dtype), w.qkv_w, w.qkv_b).view(b, 3, heads, c // heads).unbind(1)  # [B, H, d]
-    qf, kf = F.relu(q).to(s.S.dtype), F.relu(k).to(s.S.dtype)
-    s.S.addcmul_(kf.unsqueeze(-1), v.to(s.S.dtype).unsqueeze(-2))
+    qkv = F.linear(h.to(dtype), w.qkv_w, w.qkv_b).view(b, 3, heads, c // heads)  # [B, 3, H, d]
+    v = qkv[:, 2]
+    qkv_f = qkv.to(s.S.dtype)  # one cast for q, k and v (ReLU commutes with it exactly)
+    qf, kf = F.relu(qkv_f[:, :2]).unbind(1)  # [B, H, d]
+    s.S.addcmul_(kf.unsqueeze(-1), qkv_f[:, 2].unsqueeze(-2))
     s.z.add_(kf)
     num = (qf.unsqueeze(-2) @ s.S).squeeze(-2)  # [B, H, d]
     o = (num / ((qf * s.z).sum(-1, keepdim=True) + w.eps)).to(v.dtype)
@@ -217,15 +221,17 @@ def gla_block_step(
     b = x.shape[0]
     heads, hk, hv = w.heads, w.head_k, w.head_v
     h = _norm(x, block.norm1)
-    q, k, v, low_rank, gate = F.linear(h.to(dtype), w.in_w, w.in_b).split(
-        [heads * hk, heads * hk, heads * hv, w.low_rank, heads * hv], dim=-1
+    qkv, low_rank, gate = F.linear(h.to(dtype), w.in_w, w.in_b).split(
+        [heads * (2 * hk + hv), w.low_rank, heads * hv], dim=-1
     )
     g = gla_gate(F.linear(low_rank, w.gk_w, w.gk_b), w.gate_normalizer).view(b, heads, hk)
     state = s.S
+    q, k, v = qkv.to(state.dtype).split([heads * hk, heads * hk, heads * hv], dim=-1)  # one cast
     state.mul_(g.to(state.dtype).exp().unsqueeze(-1))
-    state.addcmul_(k.view(b, heads, hk, 1).to(state.dtype), v.view(b, heads, 1, hv).to(state.dtype))
-    o = (q.view(b, heads, 1, hk).to(state.dtype) @ state).squeeze(-2) * w.scale  # [B, H, d_v / H]
-    o = F.rms_norm(o.to(v.dtype).to(h.dtype), (hv,), w.norm_w, w.norm_eps).reshape(b, heads * hv)
+    state.addcmul_(k.view(b, heads, hk, 1), v.view(b, heads, 1, hv))
+    o = (q.view(b, heads, 1, hk) @ state).squeeze(-2) * w.scale  # [B, H, d_v / H]
+    # rounded to the compute dtype first, as eager's output is, then normalised in the residual's dtype
+    o = F.rms_norm(o.to(dtype).to(h.dtype), (hv,), w.norm_w, w.norm_eps).reshape(b, heads * hv)
     y = F.linear((F.silu(gate) * o).to(dtype), w.o_w, w.o_b)
     return _mlp_residual(x + y, block, dtype)
 
@@ -246,9 +252,9 @@ def softmax_block_step(
     heads = w.heads
     h = _norm(x, block.norm1)
     qkv = F.linear(h.to(dtype), w.qkv_w, w.qkv_b).view(b, 1, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # [B, H, 1, d]
-    cos, sin = rotary_cos_sin(position, c // heads, w.rope_base)
-    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    cos, sin = s.cos.index_select(0, position), s.sin.index_select(0, position)  # [1, d]
+    q, k = apply_rotary(qkv[:2], cos, sin).unbind(0)  # [B, H, 1, d], q and k rotated together
+    v = qkv[2]
     s.k.index_copy_(2, position, k)
     s.v.index_copy_(2, position, v)
     seen = (s.slots <= position).view(1, 1, 1, -1)  # [1, 1, 1, L_max]
@@ -378,10 +384,14 @@ def _softmax_weights(attn: CausalSelfAttention, dtype: torch.dtype) -> SoftmaxWe
 
 def _softmax_buffers(attn, batch: int, max_len: int, dtype: torch.dtype, device) -> KVCache:
     shape = (batch, attn.num_heads, max_len, attn.head_dim)
+    slots = torch.arange(max_len, device=device)
+    cos, sin = rotary_cos_sin(slots, attn.head_dim, attn.rope_base)  # what eager computes per position
     return KVCache(
         torch.zeros(shape, device=device, dtype=dtype),
         torch.zeros(shape, device=device, dtype=dtype),
-        torch.arange(max_len, device=device),
+        slots,
+        cos,
+        sin,
     )
 
 
@@ -508,7 +518,8 @@ class StaticDecoder:
             self._head_step = head_step
         self._run = self._forward
         if mode == "reduce-overhead":
-            for t in self._buffers() + self._weights():
+            tables = [t for layer in self.layers for t in _tensors(layer.state)]
+            for t in [self.token, self.position, *tables, *self._weights()]:
                 torch._dynamo.mark_static_address(t, guard=False)
             self._run = torch.compile(
                 self._forward, mode="reduce-overhead", fullgraph=True, dynamic=False, backend=compile_backend
@@ -610,9 +621,8 @@ class StaticDecoder:
         buffer. The buffers are written in place (the captured graph reads them).
         """
         if state is None:
-            for t in self._buffers():
-                if t.is_floating_point():
-                    t.zero_()
+            for t in self._buffers()[2:]:
+                t.zero_()
             length = 0
         else:
             self._load(state, length)
@@ -658,7 +668,9 @@ class StaticDecoder:
     # ------------------------------------------------------------------ accounting
 
     def _buffers(self) -> list[torch.Tensor]:
-        return [self.token, self.position, *(t for layer in self.layers for t in _tensors(layer.state))]
+        """The tensors a step writes: token, position and the model's state."""
+        state = [t for layer in self.layers for t in layer.state[: len(layer.state_names)]]
+        return [self.token, self.position, *state]
 
     def _weights(self) -> list[torch.Tensor]:
         """Every weight tensor the step reads, the embedding table first."""
@@ -670,11 +682,11 @@ class StaticDecoder:
 
     def bytes_per_step(self) -> dict[str, int]:
         """Bytes one step reads: "weights" (of the embedding table only the B rows looked up) and "state"
-        (every state buffer, the whole static KV cache included: the masked attention reads all of it)."""
+        (the model's state, the whole static KV cache included: the masked attention reads all of it)."""
         embed, *rest = self._weights()
         weights = self.batch_size * embed.shape[1] * embed.element_size()
         weights += sum(t.numel() * t.element_size() for t in rest)
-        state = sum(t.numel() * t.element_size() for layer in self.layers for t in _tensors(layer.state))
+        state = sum(t.numel() * t.element_size() for t in self._buffers()[2:])
         return {"weights": weights, "state": state}
 
 

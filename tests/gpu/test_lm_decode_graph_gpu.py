@@ -2,11 +2,12 @@
 
 Models: the tiny config and slab-lm-350m's shapes with 2-3 layers (vocab 32000, dim 1024, 8 heads, FFN 4096),
 each attention alone and a hybrid stack (gla, sla, softmax: recurrent states beside a KV cache), fp32 and bf16
-autocast. fp32: greedy tokens identical and logits within FP32_RTOL. bf16: eager and static steps round
-differently (fused GEMMs, in-place multiply-adds, the masked SDPA kernel), and a random-weight model's bf16
-logits often have two top tokens within an ulp of each other (at vocab 32000 about 1 step in 15): logits along
-the eager tokens must agree within BF16_RTOL at every step, and the greedy sequences must be identical except
-after a step where eager's top-2 gap is below BF16_TIE (either token is then a correct greedy choice).
+autocast, 64 new tokens. Logits are compared along eager's greedy tokens (teacher-forced), relative to
+max |logit|: FP32_RTOL, BF16_RTOL. Greedy tokens: identical in fp32. In bf16 the static step rounds unlike
+eager (fused GEMMs, in-place multiply-adds, the masked SDPA kernel), and a random-weight model's bf16
+logits often have their two top tokens within an ulp (at vocab 32000 about one step in 15), so the sequences
+must be identical up to their first difference, and that difference must be explained by the measured logit
+error: eager's logit gap between the two tokens at most twice the largest |logit difference| at that step.
 
     python3 -m pytest tests/gpu -m gpu -k decode_graph -q      # GPU machine (fla optional: prefill kernels)
 """
@@ -33,7 +34,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 NEW_TOKENS = 64
 FP32_RTOL = 1e-4  # of max |logit|
 BF16_RTOL = 3e-2
-BF16_TIE = 2e-2  # a top-2 gap below this fraction of max |logit| is a tie at bf16 precision
 
 
 def model_for(attention: str, size: str = "tiny", seed: int = 0):
@@ -75,8 +75,8 @@ def static_logits_along(decoder, model, ids, tokens):
     return torch.stack(out)
 
 
-def assert_same_greedy(got, want, want_logits, dtype, what):
-    """got/want [B, n] greedy tokens, want_logits [n, B, V] eager logits before each; see the module doc."""
+def assert_same_greedy(got, want, want_logits, got_logits, dtype, what):
+    """got/want [B, n] greedy tokens; want_logits / got_logits [n, B, V] along want's tokens (module doc)."""
     if dtype == torch.float32 or torch.equal(got, want):
         assert torch.equal(got, want), f"{what}: greedy tokens differ"
         return
@@ -84,15 +84,17 @@ def assert_same_greedy(got, want, want_logits, dtype, what):
         diff = (got[b] != want[b]).nonzero()
         if len(diff) == 0:
             continue
-        i = int(diff[0])
-        top2 = want_logits[i, b].topk(2).values
-        gap = float(top2[0] - top2[1]) / float(want_logits[i, b].abs().max())
-        assert gap <= BF16_TIE, (
-            f"{what}: sequence {b} differs at token {i} where eager's top-2 gap is {gap:.3g}"
+        i = int(diff[0])  # same tokens before i: got's logits at i are got_logits[i]
+        gap = float(want_logits[i, b, want[b, i]] - want_logits[i, b, got[b, i]])
+        err = float((got_logits[i, b] - want_logits[i, b]).abs().max())
+        assert gap <= 2 * err, (
+            f"{what}: sequence {b} differs at token {i}: eager's gap {gap:.3g} > 2 x logit error {err:.3g}"
         )
 
 
-def check_decoder_against_eager(model, decoder, ids, dtype, what):
+def compare_with_eager(model, decoder, ids, dtype, what):
+    """Teacher-forced logits of `decoder` vs eager along eager's greedy tokens; returns (tokens, eager
+    logits, decoder logits) for assert_same_greedy."""
     with autocast(dtype):
         eager = model.generate(ids, NEW_TOKENS, cuda_graph=False)[:, ids.shape[1] :]
         want = eager_logits_along(model, ids, eager)
@@ -100,8 +102,12 @@ def check_decoder_against_eager(model, decoder, ids, dtype, what):
     rtol = FP32_RTOL if dtype == torch.float32 else BF16_RTOL
     for i in range(len(want)):
         assert_rel_close(got[i], want[i], rtol, f"{what} logits before token {i}")
-    greedy = greedy_tokens(decoder, model, ids, dtype)
-    assert_same_greedy(greedy, eager, want, dtype, what)
+    return eager, want, got
+
+
+def check_decoder_against_eager(model, decoder, ids, dtype, what):
+    eager, want, got = compare_with_eager(model, decoder, ids, dtype, what)
+    assert_same_greedy(greedy_tokens(decoder, model, ids, dtype), eager, want, got, dtype, what)
 
 
 @torch.no_grad()
@@ -124,33 +130,42 @@ def test_cuda_graph_generate_equals_eager_generate(size, attention, dtype):
     for batch in (1, 2):
         ids = prompt(model, batch)
         with autocast(dtype):
-            eager = model.generate(ids, NEW_TOKENS, cuda_graph=False)
-            graph = model.generate(ids, NEW_TOKENS)  # the default on CUDA
-            want = eager_logits_along(model, ids, eager[:, ids.shape[1] :])
-        decoder = lm_decode_graph._CACHE[model][1]
+            graph = model.generate(ids, NEW_TOKENS)[:, ids.shape[1] :]  # the default on CUDA
+        decoder = lm_decode_graph._CACHE[model][1]  # the decoder generate() built
         assert decoder.mode == "graph" and decoder.dtype == dtype and decoder.batch_size == batch
-        assert_same_greedy(
-            graph[:, ids.shape[1] :], eager[:, ids.shape[1] :], want, dtype, f"{size} B{batch}"
-        )
-        check_decoder_against_eager(model, decoder, ids, dtype, f"{size} {attention} B{batch}")
+        what = f"{size} {attention} B{batch}"
+        eager, want, got = compare_with_eager(model, decoder, ids, dtype, what)
+        assert_same_greedy(graph, eager, want, got, dtype, what)
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("mode", ["static", "compile", "compile+graph", "reduce-overhead"])
+#: (mode, dtype): the compiled modes compile each block kind once per dtype and shape; reduce-overhead
+#: compiles the whole step, so it runs in one dtype only
+MODE_CASES = [
+    ("static", torch.float32),
+    ("static", torch.bfloat16),
+    ("compile", torch.float32),
+    ("compile+graph", torch.float32),
+    ("compile", torch.bfloat16),
+    ("compile+graph", torch.bfloat16),
+    ("reduce-overhead", torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("mode,dtype", MODE_CASES, ids=[f"{m}-{str(d)[6:]}" for m, d in MODE_CASES])
 def test_every_mode_equals_eager(mode, dtype):
-    """One hybrid model (every block kind): the compiled modes compile each kind once."""
+    """One tiny hybrid model (every block kind), batch 2."""
     model = model_for("hybrid")
     ids = prompt(model, 2)
     decoder = StaticDecoder(model, 2, max_len=128, dtype=dtype, mode=mode)
     check_decoder_against_eager(model, decoder, ids, dtype, mode)
 
 
-@pytest.mark.parametrize("mode", ["graph", "compile+graph"])
-def test_reset_replays_exactly_and_prompts_share_one_capture(mode):
-    model = model_for("hybrid", "350m-shaped")
-    decoder = StaticDecoder(model, 1, max_len=256, dtype=torch.bfloat16, mode=mode)
+@pytest.mark.parametrize("mode,size", [("graph", "350m-shaped"), ("compile+graph", "tiny")])
+def test_reset_replays_exactly_and_prompts_share_one_capture(mode, size):
+    model = model_for("hybrid", size)
+    decoder = StaticDecoder(model, 2, max_len=128, dtype=torch.bfloat16, mode=mode)  # compiled above
     graph = decoder.graph
-    a, b = prompt(model, seed=1), prompt(model, length=50, seed=2)
+    a, b = prompt(model, 2, seed=1), prompt(model, 2, length=50, seed=2)
     with autocast(torch.bfloat16):
         tokens_a = model.generate(a, 16, cuda_graph=False)[:, a.shape[1] :]
         tokens_b = model.generate(b, 16, cuda_graph=False)[:, b.shape[1] :]
@@ -158,7 +173,7 @@ def test_reset_replays_exactly_and_prompts_share_one_capture(mode):
         other = static_logits_along(decoder, model, b, tokens_b)
         again = static_logits_along(decoder, model, a, tokens_a)
         want_b = eager_logits_along(model, b, tokens_b)
-    assert decoder.graph is graph  # one capture served both prompts
+    assert graph is not None and decoder.graph is graph  # one capture served both prompts
     assert torch.equal(first, again)  # start() resets every buffer: the replay repeats bit for bit
     for i in range(len(want_b)):
         assert_rel_close(other[i], want_b[i], BF16_RTOL, f"second prompt, token {i}")
