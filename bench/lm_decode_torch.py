@@ -16,8 +16,11 @@ BatchNorm statistics randomised first so that the fold does real work. Each is d
     reduce-overhead   the whole step compiled with mode="reduce-overhead" (inductor's CUDA graphs)
 A prompt of --context random tokens is prefilled (untimed). A timed run starts from that state and decodes
 --tokens-per-run greedy tokens (argmax outside the graph, as generate() does), then synchronises; every
-variant of both models is interleaved in bursts (runtime.benchmark.time_interleaved); medians over --iters
-runs give ms per token and tokens/s. Building a variant (capture, compilation) is timed separately.
+variant of a group for both models is interleaved in bursts (runtime.benchmark.time_interleaved); medians
+over --iters runs give ms per token and tokens/s. Building a variant (capture, compilation) is timed
+separately. Two groups: first every size and attention without compilation (eager, static, graph), then the
+compiled variants with graph again as the link between the groups, each row only while --budget-minutes
+lasts (compiling a 350m step takes minutes); a run cut short keeps the rows done in partial.json.
 
 HBM ceiling: the bytes a step must read — every weight in the compute dtype once, the embedding table as the
 one row looked up (StaticDecoder.bytes_per_step) — at --hbm-tbps (H200: 4.8 TB/s): ceiling tokens/s =
@@ -33,7 +36,7 @@ exit 1. Whole-model logits cannot be compared here: random BatchNorm statistics 
 in an untrained model, so its residual stream grows by up to 10^4 per layer and overflows before the last
 of 12 (125m) or 18 (350m) layers (inf - inf = NaN: the NaN this script used to report).
 
-    python3 bench/lm_decode_torch.py --out $OUT/decode_torch --budget-minutes 4.5   # GPU machine: 350m, bf16
+    python3 bench/lm_decode_torch.py --out $OUT/decode_torch --budget-minutes 2   # GPU machine: 350m, bf16
     python bench/lm_decode_torch.py --device cpu --sizes 125m --dtype fp32          # CPU: eager and static
     python bench/lm_decode_torch.py --smoke --device cpu                            # pipeline check
 """
@@ -119,8 +122,8 @@ def greedy_agreement(session: Decode, reference: tuple, feed: dict, tokens: int)
     }
 
 
-def build_models(size: str, attention: str):
-    """(rmsnorm model, unfolded prepbn model, folded prepbn model), eval mode, on the CPU."""
+def build_models(size: str, attention: str, device, dtype) -> dict[str, Any]:
+    """{"models": {norm: model on device}, fold parity fields}: RMSNorm and folded PRepBN, eval mode."""
     import torch
 
     from slab_edge.layers.reparam import reparameterize_model
@@ -132,30 +135,25 @@ def build_models(size: str, attention: str):
         torch.manual_seed(0)
         models.append(create_slab_lm(size, attention=attention, norm=norm).eval())
     unfolded = randomize_norm_statistics(models[1])  # non-trivial statistics: the fold does real work
-    return models[0], unfolded, reparameterize_model(unfolded)
+    folded = reparameterize_model(unfolded)
+    out = fold_parity(unfolded, folded, device, dtype)
+    out["models"] = {"rmsnorm": models[0].to(device), "prepbn": folded.to(device)}
+    return out
 
 
-def measure(size: str, attention: str, args, device, dtype, started: float) -> dict[str, Any]:
+def measure(built: dict, variants: list[str], args, device, dtype) -> dict[str, Any]:
+    """Time `variants` (those this device runs) of both models, interleaved; greedy checks vs eager."""
     import torch
 
     from slab_edge.models.lm_decode_graph import StaticDecoder
     from slab_edge.runtime.benchmark import time_interleaved
 
-    row: dict[str, Any] = {"size": size, "attention": attention, "context": args.context}
-    rmsnorm, unfolded, folded = build_models(size, attention)
-    row.update(fold_parity(unfolded, folded, device, dtype))
-    del unfolded
+    row: dict[str, Any] = {"context": args.context}
     amp = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
-    skipped, minutes = {}, (time.perf_counter() - started) / 60
-    for variant in args.variants:
-        if variant in CUDA_VARIANTS and device.type != "cuda":
-            skipped[variant] = "needs CUDA"
-        elif variant in COMPILED_VARIANTS and args.budget_minutes and minutes > args.budget_minutes:
-            skipped[variant] = f"budget ({minutes:.1f} of {args.budget_minutes} min spent)"
-    variants = [v for v in args.variants if v not in skipped]
-    sessions, feeds, built = {}, {}, {}
-    for norm, model in zip(NORMS, (rmsnorm, folded)):
-        model.to(device)
+    skipped = {v: "needs CUDA" for v in variants if v in CUDA_VARIANTS and device.type != "cuda"}
+    variants = [v for v in variants if v not in skipped]
+    sessions, feeds, build_s = {}, {}, {}
+    for norm, model in built["models"].items():
         gen = torch.Generator(device="cpu").manual_seed(1)
         prompt = torch.randint(0, model.config.vocab_size, (1, args.context), generator=gen).to(device)
         with torch.no_grad(), amp:
@@ -167,6 +165,8 @@ def measure(size: str, attention: str, args, device, dtype, started: float) -> d
         row.setdefault("weight_bytes", {})[norm] = counted["weights"]
         row.setdefault("state_bytes", {})[norm] = counted["state"]
         row.setdefault("ceiling_tokens_per_s", {})[norm] = args.hbm_tbps * 1e12 / counted["weights"]
+        eager = Decode(model, None, amp, args.tokens_per_run)
+        reference = eager.greedy(feed, args.check_tokens)
         for variant in variants:
             t0 = time.perf_counter()
             decoder = None
@@ -174,21 +174,16 @@ def measure(size: str, attention: str, args, device, dtype, started: float) -> d
                 decoder = counter
             elif variant != "eager":
                 decoder = StaticDecoder(model, 1, max_len, dtype, mode=variant)
-            built.setdefault(variant, {})[norm] = time.perf_counter() - t0
-            sessions[f"{variant}/{norm}"] = Decode(model, decoder, amp, args.tokens_per_run)
-            feeds[f"{variant}/{norm}"] = feed
-    for norm in NORMS:
-        if "eager" not in variants:
-            break
-        reference = sessions[f"eager/{norm}"].greedy(feeds[f"eager/{norm}"], args.check_tokens)
-        for variant in [v for v in variants if v != "eager"]:
-            session, feed = sessions[f"{variant}/{norm}"], feeds[f"{variant}/{norm}"]
-            agreement = greedy_agreement(session, reference, feed, args.check_tokens)
-            row.setdefault("greedy_vs_eager", {}).setdefault(variant, {})[norm] = agreement
+            build_s.setdefault(variant, {})[norm] = time.perf_counter() - t0
+            session = eager if decoder is None else Decode(model, decoder, amp, args.tokens_per_run)
+            sessions[f"{variant}/{norm}"], feeds[f"{variant}/{norm}"] = session, feed
+            if decoder is not None:
+                agreement = greedy_agreement(session, reference, feed, args.check_tokens)
+                row.setdefault("greedy_vs_eager", {}).setdefault(variant, {})[norm] = agreement
     times = time_interleaved(sessions, feeds, warmup=args.warmup, iters=args.iters, switch_discard=1)
     results = {}
     for variant in variants:
-        out: dict[str, Any] = {"build_s": built[variant]}
+        out: dict[str, Any] = {"build_s": build_s[variant]}
         for norm in NORMS:
             ms = statistics.median(times[f"{variant}/{norm}"]) * 1e3 / args.tokens_per_run
             out[f"{norm}_ms"], out[f"{norm}_tokens_per_s"] = ms, 1e3 / ms
@@ -224,7 +219,8 @@ def fold_parity(unfolded, folded, device, dtype) -> dict[str, Any]:
 
 def print_row(r: dict, parity_key: str, args) -> None:
     print(
-        f"{r['size']} {r['attention']}: weights read per token {r['weight_bytes']['rmsnorm'] / 1e6:,.1f} MB "
+        f"{r['size']} {r['attention']} ({r['group']} variants): weights read per token "
+        f"{r['weight_bytes']['rmsnorm'] / 1e6:,.1f} MB "
         f"(RMSNorm) / {r['weight_bytes']['prepbn'] / 1e6:,.1f} MB (PRepBN folded) -> HBM ceiling "
         f"{r['ceiling_tokens_per_s']['rmsnorm']:,.0f} / {r['ceiling_tokens_per_s']['prepbn']:,.0f} tokens/s "
         f"at {args.hbm_tbps} TB/s; fold rel. err cpu fp32 {r['fold_rel_err_cpu_fp32']:.1e}, "
@@ -319,14 +315,35 @@ def main(argv=None) -> int:
     )
     parity = f"fold_rel_err_{device.type}_{dtype_name}"
     started = time.perf_counter()
-    for size in args.sizes:
-        for attention in args.attentions:
-            row = measure(size, attention, args, device, dtype, started)
-            results["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            print_row(row, parity, args)
-            if args.out:
-                write(args.out / "partial.json", results)  # survives a run cut short by a time limit
+    # first every row without compilation, then (budget permitting) the compiled variants with "graph" as
+    # the link between the two groups: a run cut short by a time limit still has every uncompiled number
+    uncompiled = [v for v in args.variants if v not in COMPILED_VARIANTS]
+    compiled = [v for v in args.variants if v in COMPILED_VARIANTS]
+    groups = [("uncompiled", uncompiled)] if uncompiled else []
+    if compiled:
+        groups.append(("compiled", (["graph"] if "graph" in args.variants else []) + compiled))
+    models = {}
+    for group, variants in groups:
+        for size in args.sizes:
+            for attention in args.attentions:
+                minutes = (time.perf_counter() - started) / 60
+                if group == "compiled" and args.budget_minutes and minutes > args.budget_minutes:
+                    reason = f"budget ({minutes:.1f} of {args.budget_minutes} min spent)"
+                    print(f"{size} {attention}: compiled variants skipped: {reason}", flush=True)
+                    skip = {"size": size, "attention": attention, "group": group, "reason": reason}
+                    results.setdefault("skipped_rows", []).append(skip)
+                    continue
+                if (size, attention) not in models:
+                    models[size, attention] = build_models(size, attention, device, dtype)
+                built = models[size, attention]
+                row = {"size": size, "attention": attention, "group": group}
+                row.update({k: v for k, v in built.items() if k.startswith("fold_")})
+                row.update(measure(built, variants, args, device, dtype))
+                results["rows"].append(row)
+                print(json.dumps(row), flush=True)
+                print_row(row, parity, args)
+                if args.out:
+                    write(args.out / "partial.json", results)  # survives a run cut short by a time limit
     if args.out:
         write(args.out / "results.json", results)
         (args.out / "partial.json").unlink(missing_ok=True)

@@ -640,7 +640,7 @@ class StaticDecoder:
                 else f"length must be >= 0, got {length}"
             )
         items = iter(state)
-        pairs = []  # (buffer, source): checked first, copied after, so bad input writes nothing
+        pairs = []  # (buffer, target view, source): all checked first, so bad input writes nothing
         for i, layer in enumerate(self.layers):
             for name, buffer in zip(layer.state_names, layer.state):
                 source = next(items)
