@@ -18,9 +18,10 @@ A prompt of --context random tokens is prefilled (untimed). A timed run starts f
 --tokens-per-run greedy tokens (argmax outside the graph, as generate() does), then synchronises; every
 variant of a group for both models is interleaved in bursts (runtime.benchmark.time_interleaved); medians
 over --iters runs give ms per token and tokens/s. Building a variant (capture, compilation) is timed
-separately. Two groups: first every size and attention without compilation (eager, static, graph), then the
-compiled variants with graph again as the link between the groups, each row only while --budget-minutes
-lasts (compiling a 350m step takes minutes); a run cut short keeps the rows done in partial.json.
+separately. Three groups of rows: first every size and attention without compilation (eager, static,
+graph), then the block-compiled variants (compile, compile+graph), then reduce-overhead (it compiles the
+whole 18-layer step), each with graph again as the link between groups; a compiled row starts only while
+--budget-minutes lasts (compiling a 350m step takes minutes); a run cut short keeps its rows in partial.json.
 
 HBM ceiling: the bytes a step must read — every weight in the compute dtype once, the embedding table as the
 one row looked up (StaticDecoder.bytes_per_step) — at --hbm-tbps (H200: 4.8 TB/s): ceiling tokens/s =
@@ -317,17 +318,20 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     # first every row without compilation, then (budget permitting) the compiled variants with "graph" as
     # the link between the two groups: a run cut short by a time limit still has every uncompiled number
-    uncompiled = [v for v in args.variants if v not in COMPILED_VARIANTS]
-    compiled = [v for v in args.variants if v in COMPILED_VARIANTS]
-    groups = [("uncompiled", uncompiled)] if uncompiled else []
-    if compiled:
-        groups.append(("compiled", (["graph"] if "graph" in args.variants else []) + compiled))
+    link = ["graph"] if "graph" in args.variants else []
+    groups = [
+        ("uncompiled", [v for v in args.variants if v not in COMPILED_VARIANTS]),
+        ("compiled", link + [v for v in args.variants if v in ("compile", "compile+graph")]),
+        ("reduce-overhead", link + [v for v in args.variants if v == "reduce-overhead"]),
+    ]
     models = {}
     for group, variants in groups:
+        if not set(variants) - set(link if group != "uncompiled" else []):
+            continue  # nothing of this group asked for
         for size in args.sizes:
             for attention in args.attentions:
                 minutes = (time.perf_counter() - started) / 60
-                if group == "compiled" and args.budget_minutes and minutes > args.budget_minutes:
+                if group != "uncompiled" and args.budget_minutes and minutes > args.budget_minutes:
                     reason = f"budget ({minutes:.1f} of {args.budget_minutes} min spent)"
                     print(f"{size} {attention}: compiled variants skipped: {reason}", flush=True)
                     skip = {"size": size, "attention": attention, "group": group, "reason": reason}

@@ -192,15 +192,15 @@ def sla_block_step(
     b, c = x.shape
     heads = w.heads
     h = _norm(x, block.norm1)
-    qkv = F.linear(h.to(dtype), w.qkv_w, w.qkv_b).view(b, 3, heads, c // heads)  # [B, 3, H, d]
-    v = qkv[:, 2]
-    qkv_f = qkv.to(s.S.dtype)  # one cast for q, k and v (ReLU commutes with it exactly)
+    proj = F.linear(h.to(dtype), w.qkv_w, w.qkv_b)  # [B, 3C]
+    v = proj[:, 2 * c :]  # [B, C], heads side by side
+    qkv_f = proj.view(b, 3, heads, c // heads).to(s.S.dtype)  # one cast (ReLU commutes with it exactly)
     qf, kf = F.relu(qkv_f[:, :2]).unbind(1)  # [B, H, d]
     s.S.addcmul_(kf.unsqueeze(-1), qkv_f[:, 2].unsqueeze(-2))
     s.z.add_(kf)
     num = (qf.unsqueeze(-2) @ s.S).squeeze(-2)  # [B, H, d]
     o = (num / ((qf * s.z).sum(-1, keepdim=True) + w.eps)).to(v.dtype)
-    window = torch.cat([s.conv, v.reshape(b, c, 1)], dim=-1)  # [B, C, W]
+    window = torch.cat([s.conv, v.unsqueeze(-1)], dim=-1)  # [B, C, W]
     local = (window * w.conv_w).sum(-1)
     if w.conv_b is not None:
         local = local + w.conv_b
