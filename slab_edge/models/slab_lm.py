@@ -29,7 +29,8 @@ name, shape and dtype for export metadata), so a hybrid mixes constant-size stat
     gla      S [B, 4, d_k/4, d/4] fp32                                      constant in T
     softmax  k_cache, v_cache [B, H, L, d]                                  grows with T
 `prefill(ids)` runs the chunkwise form over the prompt and returns (logits, state); `step(token, state)`
-runs the recurrent form for one token. `generate()` is Hugging Face-like, on top of these.
+runs the recurrent form for one token. `generate()` is Hugging Face-like, on top of these; on CUDA it steps
+with a static-state copy of `step` captured in a CUDA graph (models/lm_decode_graph.py).
 
 Usage:
     model = SlabLM(slab_lm_config("tiny", attention="gla", norm="prepbn"))
