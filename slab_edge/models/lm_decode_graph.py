@@ -737,7 +737,9 @@ def decoder_for_generate(
 
     cuda_graph None means: on when the model is on CUDA, B <= MAX_GRAPH_BATCH and every mixer has a static
     step (supports_static_decoding). The compute dtype is the active autocast dtype, else the model's.
-    T + max_new_tokens sizes the static KV cache, rounded up to KV_LENGTH_BUCKET.
+    T + max_new_tokens sizes the static KV cache, rounded up to KV_LENGTH_BUCKET. The first call, and the
+    first after the weights change, builds the decoder (a few warm-up steps and the capture; compile_step:
+    the compilation too); later calls reuse it.
     """
     batch_size, total_len = input_ids.shape[0], input_ids.shape[1] + max_new_tokens
     device = model.embed.weight.device
