@@ -5,9 +5,10 @@ Issue 14.4: slab-lm-350m bf16 decoded at 45-78 tokens/s in eager PyTorch on the 
 ceiling; the goal is >= 2,000 tokens/s with greedy tokens unchanged, and folded PRepBN >= 1.1x RMSNorm there
 (the SLAB paper reports +14.5 % decode throughput for LLaMA-350M with its norms folded; issue 5).
 
-Per size and attention (gla, sla, softmax): two models with the same random weights apart from the norms,
-one with RMSNorm and one with PRepBN folded into its neighbours (layers.reparam.reparameterize_model), its
-BatchNorm statistics randomised first so that the fold does real work. Each is decoded by every variant:
+Per size and attention (gla, sla, softmax and the 5:1 hybrid gla/LLLLLS): two models with the same random
+weights apart from the norms, one with RMSNorm and one with PRepBN folded into its neighbours
+(layers.reparam.reparameterize_model), its BatchNorm statistics randomised first so the fold does real work.
+Each is decoded by every variant:
     eager             SlabLM.step under autocast (fp32 weights cast on every step: the starting point)
     static            the static-state step (models/lm_decode_graph.py) as plain PyTorch ops
     graph             that step captured in one CUDA graph, replayed per token (what generate() uses on CUDA)
@@ -124,17 +125,23 @@ def greedy_agreement(session: Decode, reference: tuple, feed: dict, tokens: int)
 
 
 def build_models(size: str, attention: str, device, dtype) -> dict[str, Any]:
-    """{"models": {norm: model on device}, fold parity fields}: RMSNorm and folded PRepBN, eval mode."""
+    """{"models": {norm: model on device}, fold parity fields}: RMSNorm and folded PRepBN, eval mode.
+
+    attention: sla | gla | softmax, or a hybrid "attention/pattern" (e.g. gla/LLLLLS: 5 GLA layers, then
+    a softmax one, repeated over the depth).
+    """
     import torch
 
     from slab_edge.layers.reparam import reparameterize_model
     from slab_edge.models.slab_lm import create_slab_lm
     from slab_edge.testing import randomize_norm_statistics
 
+    attention, _, pattern = attention.partition("/")
     models = []
     for norm in NORMS:
         torch.manual_seed(0)
-        models.append(create_slab_lm(size, attention=attention, norm=norm).eval())
+        model = create_slab_lm(size, attention=attention, attention_pattern=pattern or None, norm=norm)
+        models.append(model.eval())
     unfolded = randomize_norm_statistics(models[1])  # non-trivial statistics: the fold does real work
     folded = reparameterize_model(unfolded)
     out = fold_parity(unfolded, folded, device, dtype)
@@ -261,7 +268,9 @@ def print_row(r: dict, parity_key: str, args) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--sizes", nargs="+", default=["350m"])
-    p.add_argument("--attentions", nargs="+", default=["gla", "sla", "softmax"])
+    p.add_argument("--attentions", nargs="+", default=None,
+                   help="sla | gla | softmax, or a hybrid attention/pattern; default gla sla softmax "
+                   "gla/LLLLLS (gla/LS with --smoke: tiny has 2 layers)")  # fmt: skip
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                    help="default: all on CUDA; eager and static on a CPU")  # fmt: skip
     p.add_argument("--context", type=int, default=256, help="prompt tokens prefilled before the timed steps")
@@ -278,6 +287,8 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny, context 16, 3 runs of 4 tokens")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.attentions is None:
+        args.attentions = ["gla", "sla", "softmax", "gla/LS" if args.smoke else "gla/LLLLLS"]
     if args.smoke:
         args.sizes, args.context, args.iters, args.warmup = ["tiny"], 16, 3, 1
         args.tokens_per_run, args.check_tokens = 4, 8

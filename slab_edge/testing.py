@@ -47,21 +47,3 @@ def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
     for p in module.parameters():
         p.normal_(0, std)
     return module
-
-
-def mixed_attention_lm(
-    pattern: list[str], norm: str = "rmsnorm", size: str = "tiny", **overrides
-) -> nn.Module:
-    """A SlabLM whose block i has attention pattern[i] (e.g. ["gla", "sla", "softmax"]), in eval mode.
-
-    Each block is built as a one-layer model of that attention would build it (same config otherwise), so
-    the stack is what a per-layer attention pattern in the config describes; its config still names one
-    attention (pattern[0]). The model's state layout, prefill and step work per layer already.
-    """
-    from slab_edge.models.slab_lm import create_slab_lm
-
-    parts = [create_slab_lm(size, attention=a, norm=norm, num_layers=1, **overrides) for a in pattern]
-    model = parts[0]
-    model.layers = nn.ModuleList(part.layers[0] for part in parts)
-    model.config.num_layers = len(pattern)
-    return model.eval()

@@ -1,13 +1,14 @@
 """Static-state decoding on CUDA: CUDA-graph (and compiled) generate() == eager generate().
 
-Models: the tiny config and slab-lm-350m's shapes with 2-3 layers (vocab 32000, dim 1024, 8 heads, FFN 4096),
-each attention alone and a hybrid stack (gla, sla, softmax: recurrent states beside a KV cache), fp32 and bf16
-autocast, 64 new tokens. Logits are compared along eager's greedy tokens (teacher-forced), relative to
-max |logit|: FP32_RTOL, BF16_RTOL. Greedy tokens: identical in fp32. In bf16 the static step rounds unlike
-eager (fused GEMMs, in-place multiply-adds, the masked SDPA kernel), and a random-weight model's bf16
-logits often have their two top tokens within an ulp (at vocab 32000 about one step in 15), so the sequences
-must be identical up to their first difference, and that difference must be explained by the measured logit
-error: eager's logit gap between the two tokens at most twice the largest |logit difference| at that step.
+Models: the tiny config and slab-lm-350m's shapes with 2 or 4 layers (vocab 32000, dim 1024, 8 heads, FFN
+4096): each attention alone (2 layers) and the 3:1 hybrids sla-LLLS and gla-LLLS (recurrent states beside a
+KV cache); fp32 and bf16 autocast; 64 new tokens. Logits are compared along eager's greedy tokens
+(teacher-forced), relative to max |logit|: FP32_RTOL, BF16_RTOL. Greedy tokens: identical in fp32. In bf16
+the static step rounds unlike eager (fused GEMMs, in-place multiply-adds, the masked SDPA kernel), and a
+random-weight model's bf16 logits often have their two top tokens within an ulp (at vocab 32000 about one
+step in 15), so the sequences must be identical up to their first difference, and that difference must be
+explained by the measured logit error: eager's logit gap between the two tokens at most twice the largest
+|logit difference| at that step.
 
     python3 -m pytest tests/gpu -m gpu -k decode_graph -q      # GPU machine (fla optional: prefill kernels)
 """
@@ -19,17 +20,19 @@ import torch
 
 from slab_edge.models import lm_decode_graph
 from slab_edge.models.lm_decode_graph import StaticDecoder
-from slab_edge.testing import assert_rel_close, mixed_attention_lm
+from slab_edge.models.slab_lm import create_slab_lm
+from slab_edge.testing import assert_rel_close
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_cuda")]
 
 PATTERNS = {
-    "sla": ["sla"] * 2,
-    "gla": ["gla"] * 2,
-    "softmax": ["softmax"] * 2,
-    "hybrid": ["gla", "sla", "softmax"],
+    "sla": {"attention": "sla"},
+    "gla": {"attention": "gla"},
+    "softmax": {"attention": "softmax"},
+    "sla-LLLS": {"attention": "sla", "attention_pattern": "LLLS", "num_layers": 4},
+    "gla-LLLS": {"attention": "gla", "attention_pattern": "LLLS", "num_layers": 4},
 }
-SIZES = {"tiny": {}, "350m-shaped": {"size": "350m"}}
+SIZES = {"tiny": "tiny", "350m-shaped": "350m"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 NEW_TOKENS = 64
 FP32_RTOL = 1e-4  # of max |logit|
@@ -38,10 +41,10 @@ BF16_RTOL = 3e-2
 
 def model_for(attention: str, size: str = "tiny", seed: int = 0):
     torch.manual_seed(seed)
-    overrides = dict(SIZES[size])
+    overrides = {"num_layers": 2, **PATTERNS[attention]}
     if size == "tiny":
         overrides["init_std"] = 0.1  # mixers large enough to move the logits
-    return mixed_attention_lm(PATTERNS[attention], **overrides).cuda()
+    return create_slab_lm(SIZES[size], **overrides).eval().cuda()
 
 
 def prompt(model, batch=1, length=37, seed=1):
@@ -139,7 +142,7 @@ def test_cuda_graph_generate_equals_eager_generate(size, attention, dtype):
 
 
 def test_reset_replays_exactly_and_prompts_share_one_capture():
-    model = model_for("hybrid", "350m-shaped")
+    model = model_for("sla-LLLS", "350m-shaped")
     decoder = StaticDecoder(model, 2, max_len=128, dtype=torch.bfloat16, mode="graph")
     graph = decoder.graph
     a, b = prompt(model, 2, seed=1), prompt(model, 2, length=50, seed=2)
@@ -158,7 +161,11 @@ def test_reset_replays_exactly_and_prompts_share_one_capture():
 
 def test_static_step_has_no_host_sync():
     """The step runs under sync debug mode "error": a .item(), a nonzero or a host copy would raise."""
-    model = model_for("hybrid", "350m-shaped")
+    for attention in ("sla-LLLS", "gla-LLLS"):
+        check_no_host_sync(model_for(attention, "350m-shaped"))
+
+
+def check_no_host_sync(model):
     decoder = StaticDecoder(model, 1, max_len=64, dtype=torch.bfloat16, mode="static")
     token = prompt(model, length=1)[:, 0]
     decoder.start(None)
@@ -172,7 +179,7 @@ def test_static_step_has_no_host_sync():
 
 
 def test_sampling_stays_seeded_and_eos_stops_as_eager():
-    model = model_for("hybrid")
+    model = model_for("sla-LLLS")
     ids = prompt(model, 2)
 
     def sample(**kwargs):
@@ -188,23 +195,22 @@ def test_sampling_stays_seeded_and_eos_stops_as_eager():
     )
 
 
-#: (mode, dtype), last in the file as they take the longest: the compiled modes compile each block kind
-#: once per dtype and shape (compile reuses compile+graph's), reduce-overhead the whole step (one dtype only)
+#: (mode, dtype, model), last in the file as they take the longest: the compiled modes compile each block kind
+#: once per dtype and shape (compile reuses compile+graph's), reduce-overhead the whole step (one case only)
 MODE_CASES = [
-    ("static", torch.float32),
-    ("static", torch.bfloat16),
-    ("compile+graph", torch.float32),
-    ("compile", torch.float32),
-    ("compile+graph", torch.bfloat16),
-    ("compile", torch.bfloat16),
-    ("reduce-overhead", torch.bfloat16),
-]
+    (mode, dtype, attention)
+    for mode in ("static", "compile+graph", "compile")
+    for dtype in (torch.float32, torch.bfloat16)
+    for attention in ("gla-LLLS", "sla-LLLS")
+] + [("reduce-overhead", torch.bfloat16, "gla-LLLS")]
 
 
-@pytest.mark.parametrize("mode,dtype", MODE_CASES, ids=[f"{m}-{str(d)[6:]}" for m, d in MODE_CASES])
-def test_every_mode_equals_eager(mode, dtype):
-    """One tiny hybrid model (every block kind), batch 2."""
-    model = model_for("hybrid")
+@pytest.mark.parametrize(
+    "mode,dtype,attention", MODE_CASES, ids=[f"{m}-{str(d)[6:]}-{a}" for m, d, a in MODE_CASES]
+)
+def test_every_mode_equals_eager(mode, dtype, attention):
+    """Tiny 3:1 hybrids (every block kind between them), batch 2."""
+    model = model_for(attention)
     ids = prompt(model, 2)
     decoder = StaticDecoder(model, 2, max_len=128, dtype=dtype, mode=mode)
-    check_decoder_against_eager(model, decoder, ids, dtype, mode)
+    check_decoder_against_eager(model, decoder, ids, dtype, f"{mode} {attention}")

@@ -18,14 +18,15 @@ from slab_edge.models.lm_decode_graph import (
     supports_static_decoding,
 )
 from slab_edge.models.slab_lm import create_slab_lm
-from slab_edge.testing import assert_rel_close, mixed_attention_lm, randomize_norm_statistics
+from slab_edge.testing import assert_rel_close, randomize_norm_statistics
 
-#: every mixer kind alone, and one stack mixing all three (a hybrid: recurrent states next to a KV cache)
+#: config overrides of "tiny": every mixer alone, and the 3:1 hybrids (recurrent states beside a KV cache)
 PATTERNS = {
-    "sla": ["sla"] * 2,
-    "gla": ["gla"] * 2,
-    "softmax": ["softmax"] * 2,
-    "hybrid": ["gla", "sla", "softmax"],
+    "sla": {"attention": "sla"},
+    "gla": {"attention": "gla"},
+    "softmax": {"attention": "softmax"},
+    "sla-LLLS": {"attention": "sla", "attention_pattern": "LLLS", "num_layers": 4},
+    "gla-LLLS": {"attention": "gla", "attention_pattern": "LLLS", "num_layers": 4},
 }
 NORMS = ["rmsnorm", "prepbn", "prepbn-folded"]
 PROMPT, STEPS = 19, 12
@@ -36,7 +37,7 @@ def model_for(attention: str, norm: str = "rmsnorm", seed: int = 0) -> nn.Module
     """Tiny model with weights large enough (init std 0.1) that every mixer moves the logits."""
     torch.manual_seed(seed)
     base_norm = "prepbn" if norm.startswith("prepbn") else norm
-    model = mixed_attention_lm(PATTERNS[attention], norm=base_norm, init_std=0.1)
+    model = create_slab_lm("tiny", norm=base_norm, init_std=0.1, **PATTERNS[attention]).eval()
     if base_norm == "prepbn":
         randomize_norm_statistics(model, seed)  # RepBN starts as the zero map: give it real statistics
     return reparameterize_model(model) if norm == "prepbn-folded" else model
@@ -97,7 +98,7 @@ def test_static_kv_cache_equals_growing_cache_and_is_clean_behind_the_mask():
 
 def test_buffers_stay_in_place_and_a_restart_replays_exactly():
     """What a captured graph relies on: the step writes into the same memory, and start() resets it fully."""
-    model = model_for("hybrid")
+    model = model_for("sla-LLLS")
     start, fed, _, _ = eager_run(model, prompt(), 6)
     decoder = StaticDecoder(model, batch_size=2, max_len=64, mode="static")
     addresses = [t.data_ptr() for t in decoder._buffers()]
@@ -113,7 +114,7 @@ def test_buffers_stay_in_place_and_a_restart_replays_exactly():
 
 
 def test_start_from_empty_state_equals_eager_from_init_state():
-    model = model_for("hybrid")
+    model = model_for("gla-LLLS")
     decoder = StaticDecoder(model, batch_size=1, max_len=16, mode="static")
     decoder.start(None)
     state, token = model.init_state(1), torch.tensor([7])
@@ -139,19 +140,24 @@ def test_compiled_step_traces_without_graph_breaks(attention):
 def test_generate_with_an_inductor_compiled_step_on_cpu():
     """torch.compile (inductor, C++ on the CPU) of every block kind and the head: greedy tokens unchanged."""
     torch._dynamo.reset()
-    model = mixed_attention_lm(["gla", "sla", "softmax"], dim=32, ffn_dim=64, init_std=0.1)
     ids = prompt(2, 9)
-    eager = model.generate(ids, 24)
-    compiled = model.generate(ids, 24, compile_step=True)
-    assert torch.equal(compiled, eager)
-    assert (
-        cached_decoder(model, 2, 256, torch.float32, "compile").mode == "compile"
-    )  # the one generate() built
+    for attention in ("gla", "sla"):  # 1:1 hybrids: gla + softmax, then sla (softmax and head compiled)
+        torch.manual_seed(0)
+        model = create_slab_lm(
+            "tiny", attention=attention, attention_pattern="LS", dim=32, ffn_dim=64, init_std=0.1
+        ).eval()
+        eager = model.generate(ids, 24)
+        assert torch.equal(model.generate(ids, 24, compile_step=True), eager), attention
+        built = cached_decoder(model, 2, 256, torch.float32, "compile")  # the one generate() built
+        assert built.mode == "compile" and [layer.kind.name for layer in built.layers] == [
+            attention,
+            "softmax",
+        ]
 
 
 def test_bf16_autocast_decoding_mirrors_eager_autocast():
     """Under CPU bf16 autocast: bf16 GEMMs on bf16 weight copies, float32 states, bf16 logits, like eager."""
-    model = model_for("hybrid")
+    model = model_for("sla-LLLS")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         start, fed, ref, _ = eager_run(model, prompt(), 8)
         decoder = StaticDecoder(model, 2, max_len=64, dtype=torch.bfloat16, mode="static")
@@ -164,16 +170,17 @@ def test_bf16_autocast_decoding_mirrors_eager_autocast():
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_bytes_per_step_count_every_weight_once(batch):
-    model = model_for("hybrid", "prepbn-folded")  # gla, sla, softmax; dim 64, 4 heads
+    model = model_for("gla-LLLS", "prepbn-folded")  # gla, gla, gla, softmax; dim 64, 4 heads
     decoder = StaticDecoder(model, batch, max_len=20, dtype=torch.bfloat16, mode="static")  # 32 slots
     counted = decoder.bytes_per_step()
-    kept_fp32 = model.layers[0].attn.g_norm.weight.numel()  # GLA's output norm weight is not cast
+    kept_fp32 = 3 * model.layers[0].attn.g_norm.weight.numel()  # GLA's output norm weights are not cast
     weights = 2 * (model.num_params(exclude_embedding=True) - kept_fp32) + 4 * kept_fp32
     assert counted["weights"] == weights + 4 * batch * 64  # + the embedding rows looked up (fp32 table)
     gla = 4 * 8 * 16 * 4  # S [B, 4, d_k / 4, d_v / 4] fp32
-    sla = 4 * 16 * 16 * 4 + 4 * 16 * 4 + 64 * 3 * 2  # S, z fp32; conv [B, C, W-1] bf16
     kv = 2 * 4 * 32 * 16 * 2  # k and v [B, H, L_max, d] bf16
-    assert counted["state"] == batch * (gla + sla + kv)
+    assert counted["state"] == batch * (3 * gla + kv)
+    sla = StaticDecoder(model_for("sla"), batch, mode="static").bytes_per_step()["state"]
+    assert sla == batch * 2 * (4 * 16 * 16 * 4 + 4 * 16 * 4 + 64 * 3 * 4)  # S, z and conv, all fp32 here
 
 
 def test_cached_decoder_is_reused_until_the_weights_change():
@@ -201,18 +208,18 @@ def test_generate_uses_eager_steps_on_cpu_unless_asked():
 
 
 def test_bad_input_gives_one_clear_error():
-    model = model_for("hybrid")
+    model = model_for("gla-LLLS")
     start, _, _, _ = eager_run(model, prompt(), 0)
     decoder = StaticDecoder(model, 2, max_len=PROMPT + 2, mode="static")
     assert decoder.max_len == 32  # rounded up to a multiple of 16
-    with pytest.raises(InputError, match="state has 3 tensors, this model needs 6"):
+    with pytest.raises(InputError, match="state has 3 tensors, this model needs 5"):
         decoder.start(start[:3], PROMPT)
     bad = list(start)
     bad[0] = bad[0][:, :2]  # GLA's S with two heads instead of four
     with pytest.raises(InputError, match=r"state tensor layers\.0\.S has shape \(2, 2, 8, 16\)"):
         decoder.start(tuple(bad), PROMPT)
     with pytest.raises(
-        InputError, match=r"layers\.2\.k_cache has shape \(2, 4, 19, 16\).*expected \(2, 4, 18, 16\)"
+        InputError, match=r"layers\.3\.k_cache has shape \(2, 4, 19, 16\).*expected \(2, 4, 18, 16\)"
     ):
         decoder.start(start, PROMPT - 1)  # the KV cache holds PROMPT positions
     with pytest.raises(InputError, match=r"length must be in \[0, 32\)"):
