@@ -19,10 +19,11 @@ A prompt of --context random tokens is prefilled (untimed). A timed run starts f
 --tokens-per-run greedy tokens (argmax outside the graph, as generate() does), then synchronises; every
 variant of a group for both models is interleaved in bursts (runtime.benchmark.time_interleaved); medians
 over --iters runs give ms per token and tokens/s. Building a variant (capture, compilation) is timed
-separately. Three groups of rows: first every size and attention without compilation (eager, static,
-graph), then the block-compiled variants (compile, compile+graph), then reduce-overhead (it compiles the
-whole 18-layer step), each with graph again as the link between groups; a compiled row starts only while
---budget-minutes lasts (compiling a 350m step takes minutes); a run cut short keeps its rows in partial.json.
+separately. Rows come in three groups: first every size and attention without compilation (eager, static,
+graph); then, model by model, the block-compiled variants (compile, compile+graph) and reduce-overhead (it
+compiles the whole 18-layer step), each with graph again as the link between groups. A compiled row starts
+only while --budget-minutes lasts (compiling a 350m step takes minutes); a run cut short keeps its rows in
+partial.json.
 
 HBM ceiling: the bytes a step must read — every weight in the compute dtype once, the embedding table as the
 one row looked up (StaticDecoder.bytes_per_step) — at --hbm-tbps (H200: 4.8 TB/s): ceiling tokens/s =
@@ -328,37 +329,40 @@ def main(argv=None) -> int:
     parity = f"fold_rel_err_{device.type}_{dtype_name}"
     started = time.perf_counter()
     # first every row without compilation, then (budget permitting) the compiled variants with "graph" as
-    # the link between the two groups: a run cut short by a time limit still has every uncompiled number
+    # the link between the groups: a run cut short by a time limit still has every uncompiled number
     link = ["graph"] if "graph" in args.variants else []
-    groups = [
-        ("uncompiled", [v for v in args.variants if v not in COMPILED_VARIANTS]),
-        ("compiled", link + [v for v in args.variants if v in ("compile", "compile+graph")]),
-        ("reduce-overhead", link + [v for v in args.variants if v == "reduce-overhead"]),
-    ]
+    groups = {
+        "uncompiled": [v for v in args.variants if v not in COMPILED_VARIANTS],
+        "compiled": link + [v for v in args.variants if v in ("compile", "compile+graph")],
+        "reduce-overhead": link + [v for v in args.variants if v == "reduce-overhead"],
+    }
+    cells = [(size, attention) for size in args.sizes for attention in args.attentions]
+    # every uncompiled row first; then per model the block-compiled row and the reduce-overhead row
+    order = [("uncompiled", cell) for cell in cells]
+    order += [(group, cell) for cell in cells for group in ("compiled", "reduce-overhead")]
     models = {}
-    for group, variants in groups:
+    for group, (size, attention) in order:
+        variants = groups[group]
         if not set(variants) - set(link if group != "uncompiled" else []):
             continue  # nothing of this group asked for
-        for size in args.sizes:
-            for attention in args.attentions:
-                minutes = (time.perf_counter() - started) / 60
-                if group != "uncompiled" and args.budget_minutes and minutes > args.budget_minutes:
-                    reason = f"budget ({minutes:.1f} of {args.budget_minutes} min spent)"
-                    print(f"{size} {attention}: compiled variants skipped: {reason}", flush=True)
-                    skip = {"size": size, "attention": attention, "group": group, "reason": reason}
-                    results.setdefault("skipped_rows", []).append(skip)
-                    continue
-                if (size, attention) not in models:
-                    models[size, attention] = build_models(size, attention, device, dtype)
-                built = models[size, attention]
-                row = {"size": size, "attention": attention, "group": group}
-                row.update({k: v for k, v in built.items() if k.startswith("fold_")})
-                row.update(measure(built, variants, args, device, dtype))
-                results["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                print_row(row, parity, args)
-                if args.out:
-                    write(args.out / "partial.json", results)  # survives a run cut short by a time limit
+        minutes = (time.perf_counter() - started) / 60
+        if group != "uncompiled" and args.budget_minutes and minutes > args.budget_minutes:
+            reason = f"budget ({minutes:.1f} of {args.budget_minutes} min spent)"
+            print(f"{size} {attention}: {group} variants skipped: {reason}", flush=True)
+            skip = {"size": size, "attention": attention, "group": group, "reason": reason}
+            results.setdefault("skipped_rows", []).append(skip)
+            continue
+        if (size, attention) not in models:
+            models[size, attention] = build_models(size, attention, device, dtype)
+        built = models[size, attention]
+        row = {"size": size, "attention": attention, "group": group}
+        row.update({k: v for k, v in built.items() if k.startswith("fold_")})
+        row.update(measure(built, variants, args, device, dtype))
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        print_row(row, parity, args)
+        if args.out:
+            write(args.out / "partial.json", results)  # survives a run cut short by a time limit
     if args.out:
         write(args.out / "results.json", results)
         (args.out / "partial.json").unlink(missing_ok=True)
