@@ -47,3 +47,14 @@ def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
     for p in module.parameters():
         p.normal_(0, std)
     return module
+
+
+#: SLAB-LM config overrides the decode tests run: each attention alone, and the 3:1 hybrids
+#: (attention_pattern: recurrent states beside a KV cache)
+LM_ATTENTION_CASES: dict[str, dict] = {
+    "sla": {"attention": "sla"},
+    "gla": {"attention": "gla"},
+    "softmax": {"attention": "softmax"},
+    "sla-LLLS": {"attention": "sla", "attention_pattern": "LLLS", "num_layers": 4},
+    "gla-LLLS": {"attention": "gla", "attention_pattern": "LLLS", "num_layers": 4},
+}

@@ -21,17 +21,10 @@ import torch
 from slab_edge.models import lm_decode_graph
 from slab_edge.models.lm_decode_graph import StaticDecoder
 from slab_edge.models.slab_lm import create_slab_lm
-from slab_edge.testing import assert_rel_close
+from slab_edge.testing import LM_ATTENTION_CASES, assert_rel_close
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_cuda")]
 
-PATTERNS = {
-    "sla": {"attention": "sla"},
-    "gla": {"attention": "gla"},
-    "softmax": {"attention": "softmax"},
-    "sla-LLLS": {"attention": "sla", "attention_pattern": "LLLS", "num_layers": 4},
-    "gla-LLLS": {"attention": "gla", "attention_pattern": "LLLS", "num_layers": 4},
-}
 SIZES = {"tiny": "tiny", "350m-shaped": "350m"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 NEW_TOKENS = 64
@@ -41,7 +34,7 @@ BF16_RTOL = 3e-2
 
 def model_for(attention: str, size: str = "tiny", seed: int = 0):
     torch.manual_seed(seed)
-    overrides = {"num_layers": 2, **PATTERNS[attention]}
+    overrides = {"num_layers": 2, **LM_ATTENTION_CASES[attention]}
     if size == "tiny":
         overrides["init_std"] = 0.1  # mixers large enough to move the logits
     return create_slab_lm(SIZES[size], **overrides).eval().cuda()
@@ -126,7 +119,7 @@ def greedy_tokens(decoder, model, ids, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("attention", PATTERNS)
+@pytest.mark.parametrize("attention", LM_ATTENTION_CASES)
 @pytest.mark.parametrize("size", SIZES)
 def test_cuda_graph_generate_equals_eager_generate(size, attention, dtype):
     model = model_for(attention, size)

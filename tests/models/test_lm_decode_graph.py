@@ -18,16 +18,8 @@ from slab_edge.models.lm_decode_graph import (
     supports_static_decoding,
 )
 from slab_edge.models.slab_lm import create_slab_lm
-from slab_edge.testing import assert_rel_close, randomize_norm_statistics
+from slab_edge.testing import LM_ATTENTION_CASES, assert_rel_close, randomize_norm_statistics
 
-#: config overrides of "tiny": every mixer alone, and the 3:1 hybrids (recurrent states beside a KV cache)
-PATTERNS = {
-    "sla": {"attention": "sla"},
-    "gla": {"attention": "gla"},
-    "softmax": {"attention": "softmax"},
-    "sla-LLLS": {"attention": "sla", "attention_pattern": "LLLS", "num_layers": 4},
-    "gla-LLLS": {"attention": "gla", "attention_pattern": "LLLS", "num_layers": 4},
-}
 NORMS = ["rmsnorm", "prepbn", "prepbn-folded"]
 PROMPT, STEPS = 19, 12
 FP32_RTOL = 1e-5  # fused projections and in-place multiply-adds round differently, nothing more
@@ -37,7 +29,7 @@ def model_for(attention: str, norm: str = "rmsnorm", seed: int = 0) -> nn.Module
     """Tiny model with weights large enough (init std 0.1) that every mixer moves the logits."""
     torch.manual_seed(seed)
     base_norm = "prepbn" if norm.startswith("prepbn") else norm
-    model = create_slab_lm("tiny", norm=base_norm, init_std=0.1, **PATTERNS[attention]).eval()
+    model = create_slab_lm("tiny", norm=base_norm, init_std=0.1, **LM_ATTENTION_CASES[attention]).eval()
     if base_norm == "prepbn":
         randomize_norm_statistics(model, seed)  # RepBN starts as the zero map: give it real statistics
     return reparameterize_model(model) if norm == "prepbn-folded" else model
@@ -66,7 +58,7 @@ def prompt(batch=2, length=PROMPT, seed=1):
 
 
 @pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("attention", PATTERNS)
+@pytest.mark.parametrize("attention", LM_ATTENTION_CASES)
 def test_static_step_equals_eager_step(attention, norm):
     model = model_for(attention, norm)
     start, fed, ref, ref_state = eager_run(model, prompt(), STEPS)
@@ -125,7 +117,7 @@ def test_start_from_empty_state_equals_eager_from_init_state():
             token = ref.argmax(-1)
 
 
-@pytest.mark.parametrize("attention", PATTERNS)
+@pytest.mark.parametrize("attention", LM_ATTENTION_CASES)
 def test_compiled_step_traces_without_graph_breaks(attention):
     """fullgraph=True: a host sync or a Python branch on a tensor value in the step would fail here.
     aot_eager traces the graph (functionalised in-place updates included) without generating code."""
