@@ -74,3 +74,14 @@ def parity_lm(attention: str, norm: str, seed: int = 0) -> nn.Module:
     )
     model = create_slab_lm("tiny", norm=norm, init_std=0.1, **kinds)
     return randomize_norm_statistics(model, seed).eval()
+
+
+#: SLAB-LM config overrides the decode tests run: each attention alone, and the 3:1 hybrids
+#: (attention_pattern: recurrent states beside a KV cache)
+LM_ATTENTION_CASES: dict[str, dict] = {
+    "sla": {"attention": "sla"},
+    "gla": {"attention": "gla"},
+    "softmax": {"attention": "softmax"},
+    "sla-LLLS": {"attention": "sla", "attention_pattern": "LLLS", "num_layers": 4},
+    "gla-LLLS": {"attention": "gla", "attention_pattern": "LLLS", "num_layers": 4},
+}

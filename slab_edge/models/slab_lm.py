@@ -29,7 +29,8 @@ name, shape and dtype for export metadata), so a hybrid mixes constant-size stat
     gla      S [B, 4, d_k/4, d/4] fp32                                      constant in T
     softmax  k_cache, v_cache [B, H, L, d]                                  grows with T
 `prefill(ids)` runs the chunkwise form over the prompt and returns (logits, state); `step(token, state)`
-runs the recurrent form for one token. `generate()` is Hugging Face-like, on top of these.
+runs the recurrent form for one token. `generate()` is Hugging Face-like, on top of these; on CUDA it steps
+with a static-state copy of `step` captured in a CUDA graph (models/lm_decode_graph.py).
 
 Usage:
     model = SlabLM(slab_lm_config("tiny", attention="gla", norm="prepbn"))
@@ -54,6 +55,7 @@ from slab_edge.errors import InputError
 from slab_edge.layers.lm_blocks import ATTENTION_TYPES, LM_NORM_TYPES, SlabLMBlock, make_lm_norm
 from slab_edge.layers.norms import norm_affine
 from slab_edge.layers.reparam import FoldCheckError, absorb_into_following, is_folded, reparameterize_model
+from slab_edge.models.lm_decode_graph import decoder_for_generate
 from slab_edge.ops.backend import MODES
 
 __all__ = [
@@ -389,6 +391,8 @@ class SlabLM(nn.Module):
         top_p: float | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
+        cuda_graph: bool | None = None,
+        compile_step: bool = False,
     ) -> torch.Tensor:
         """Hugging Face-like generation: prefill the prompt, then step token by token (runs in eval mode).
 
@@ -400,6 +404,9 @@ class SlabLM(nn.Module):
             eos_token_id: a token id (or ids) that ends a sequence; finished sequences are padded with it,
                 and generation stops early once every sequence has finished.
             generator: torch.Generator for reproducible sampling.
+            cuda_graph: decode with a static-state step captured in a CUDA graph (models.lm_decode_graph);
+                None: on for a CUDA model with batch <= MAX_GRAPH_BATCH. Prefill stays the chunk form.
+            compile_step: torch.compile the static step first (slow to start, fuses the elementwise ops).
 
         Returns:
             [B, T + n] prompt followed by n <= max_new_tokens generated ids.
@@ -414,6 +421,9 @@ class SlabLM(nn.Module):
         try:
             logits, state = self.prefill(input_ids)
             next_logits = logits[:, -1]
+            decoder = decoder_for_generate(self, input_ids, max_new_tokens, cuda_graph, compile_step)
+            if decoder is not None:
+                decoder.start(state, input_ids.shape[1])
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             pieces = [input_ids]
             for i in range(max_new_tokens):
@@ -424,7 +434,10 @@ class SlabLM(nn.Module):
                 pieces.append(token[:, None])
                 if (eos and bool(finished.all())) or i == max_new_tokens - 1:
                     break
-                next_logits, state = self.step(token, state)
+                if decoder is None:
+                    next_logits, state = self.step(token, state)
+                else:
+                    next_logits = decoder.step(token)
         finally:
             self.train(was_training)
         return torch.cat(pieces, dim=1)

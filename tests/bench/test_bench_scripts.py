@@ -119,10 +119,19 @@ def test_vision_suite_smoke(tmp_path):
 def test_lm_decode_torch_smoke_on_cpu(tmp_path):
     out = tmp_path / "decode_torch"
     proc = run("lm_decode_torch.py", "--smoke", "--device", "cpu", "--threads", "1", "--attentions", "sla",
+               "--variants", "eager", "static", "graph", "compile", "--budget-minutes", "1e-6",
                "--out", str(out))  # fmt: skip
-    (row,) = json.loads((out / "results.json").read_text())["rows"]
-    assert row["attention"] == "sla" and row["rmsnorm_ms"] > 0 and row["prepbn_ms"] > 0
-    assert row["fold_ok"] and row["fold_rel_err_cpu_fp32"] <= 1e-5 and "PRepBN / RMSNorm" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["rows"]  # the compiled group's row is over the budget before it starts
+    assert [(r["group"], r["attention"]) for r in results["skipped_rows"]] == [("compiled", "sla")]
+    assert row["group"] == "uncompiled" and set(row["variants"]) == {"eager", "static"}
+    assert row["skipped"] == {"graph": "needs CUDA"} and "graph            skipped: needs CUDA" in proc.stdout
+    for v in row["variants"].values():
+        assert v["rmsnorm_ms"] > 0 and v["prepbn_ms"] > 0 and 0 < v["rmsnorm_ceiling_share"] < 1
+    assert row["ceiling_tokens_per_s"]["rmsnorm"] == 4.8e12 / row["weight_bytes"]["rmsnorm"]
+    static = row["greedy_vs_eager"]["static"]
+    assert all(g["tokens_identical"] and g["logits_rel_err"] <= 1e-5 for g in static.values())
+    assert row["fold_ok"] and row["fold_rel_err_cpu_fp32"] <= 1e-5 and "PRepBN/RMSNorm" in proc.stdout
 
 
 def test_vision_gpu_smoke_on_cpu(tmp_path):
