@@ -411,6 +411,30 @@ def merge_duplicate_producers(model) -> int:
     return dropped
 
 
+def drop_untyped_value_info(model) -> int:
+    """Remove value_info entries without a type (in place). Returns how many went.
+
+    onnxslim leaves a typeless duplicate entry for outputs of nodes it has no shape rule for (the fused
+    SLA node), which hides the typed entry from tools that read the first one.
+    """
+    keep = [v for v in model.graph.value_info if v.type.WhichOneof("value") is not None]
+    dropped = len(model.graph.value_info) - len(keep)
+    if dropped:
+        copies = [type(v)() for v in keep]
+        for copy, value in zip(copies, keep):
+            copy.CopyFrom(value)
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(copies)
+    return dropped
+
+
+def copy_model(model):
+    """A deep copy of an onnx.ModelProto."""
+    out = type(model)()
+    out.CopyFrom(model)
+    return out
+
+
 def _replace_nodes(graph, nodes: list) -> None:
     copies = [type(node)() for node in nodes]
     for copy, node in zip(copies, nodes):

@@ -29,6 +29,7 @@ KEYS: dict[str, tuple[bool, str]] = {
     "crop_pct": (True, "center-crop fraction used at evaluation"),
     "labels": (True, "list of class names, index = class id"),
     "dynamic_batch": (True, "true if the batch dimension is dynamic"),
+    "custom_ops": (False, "none | ort | trt: fused SLA nodes (ort: with a function body; trt: plugin only)"),
     # language models (issue 5)
     "tokenizer": (False, "byte | bpe:<file name beside the model>"),
     "state_layout": (True, "list of {name, shape, dtype} of the recurrent-state inputs/outputs per layer"),
