@@ -137,10 +137,25 @@ TRT_HEADERS = WheelHeaders(
     sha256="07cc714e8b5e7f34b672f7c7fad93febe7c747be5837ba276b1527370134ffe0",
     prefix="kernel_lens/include/tensorrt/",
 )
-#: CUDA 13 wheels that make up nvcc (cicc in nvvm, the crt headers, the runtime headers and libcudart)
-NVCC_WHEELS = ("nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-runtime")
-#: CUDA major.minor -> the release of those wheels used (tested); other 13.x minors take the newest release
-NVCC_RELEASES = {"13.0": "13.0.88"}
+#: CUDA 13 wheels that make up nvcc: the driver program, cicc (nvvm), the crt headers, the runtime headers
+#: and libcudart, and CCCL (cuda_fp16.h includes <nv/target>)
+NVCC_WHEELS = (
+    "nvidia-cuda-nvcc",
+    "nvidia-nvvm",
+    "nvidia-cuda-crt",
+    "nvidia-cuda-runtime",
+    "nvidia-cuda-cccl",
+)
+#: CUDA major.minor -> tested releases of those wheels; another 13.x takes each wheel's newest X.Y release
+NVCC_PINS = {
+    "13.0": {
+        "nvidia-cuda-nvcc": "13.0.88",
+        "nvidia-nvvm": "13.0.88",
+        "nvidia-cuda-crt": "13.0.88",
+        "nvidia-cuda-runtime": "13.0.88",
+        "nvidia-cuda-cccl": "13.0.85",
+    }
+}
 DEFAULT_CUDA = "13.0"
 
 Log = Callable[[str], None]
@@ -307,25 +322,30 @@ class CudaToolchain:
         return [f"-L{self.lib}", f"-l:{name}"]
 
 
-def _wheel_nvcc(version: str, log: Log | None) -> CudaToolchain:
-    root = toolchain_dir() / f"cuda-{version}"
-    nvcc = root / "nvidia" / f"cu{version.split('.')[0]}" / "bin" / "nvcc"
+def _wheel_nvcc(major_minor: str, log: Log | None) -> CudaToolchain:
+    """nvcc unpacked from the NVCC_WHEELS of CUDA `major_minor` (pip checks each wheel's hash against the
+    index), cached in toolchain_dir()."""
+    pins = NVCC_PINS.get(major_minor, {})
+    requirements = [f"{name}=={pins.get(name, major_minor + '.*')}" for name in NVCC_WHEELS]
+    tag = _sha256(" ".join(requirements).encode())[:10]
+    root = toolchain_dir() / f"cuda-{major_minor}-{tag}"
+    home = root / "nvidia" / f"cu{major_minor.split('.')[0]}"
+    nvcc = home / "bin" / "nvcc"
     if not nvcc.is_file():
         if log:
-            log(f"fetching nvcc {version} from PyPI ({', '.join(NVCC_WHEELS)})")
+            log(f"fetching nvcc for CUDA {major_minor} from PyPI: {' '.join(requirements)}")
         with tempfile.TemporaryDirectory(prefix="slab-edge-nvcc-") as tmp:
-            wheels = _pip_download([f"{name}=={version}" for name in NVCC_WHEELS], Path(tmp))
-            files: dict[str, bytes] = {}
+            wheels = _pip_download(requirements, Path(tmp))
+            files: dict[str, bytes] = {"WHEELS": "\n".join(w.name for w in wheels).encode() + b"\n"}
             for wheel in wheels:
                 with zipfile.ZipFile(wheel) as archive:
                     for info in archive.infolist():
                         if info.filename.startswith("nvidia/") and not info.is_dir():
                             files[info.filename] = archive.read(info)
         _install_tree(root, files)
-        for tool in (nvcc.parent).iterdir():  # zip archives do not keep the executable bits
-            tool.chmod(0o755)
-        (root / "nvidia" / f"cu{version.split('.')[0]}" / "nvvm" / "bin" / "cicc").chmod(0o755)
-    home = nvcc.parent.parent
+        for tool in [*(home / "bin").iterdir(), home / "nvvm" / "bin" / "cicc"]:
+            tool.chmod(0o755)  # zip archives do not keep the executable bits
+    version = next((ln.split("-")[1] for ln in (root / "WHEELS").read_text().split() if "nvcc" in ln), "?")
     return CudaToolchain(nvcc=nvcc, include=home / "include", lib=home / "lib", version=version)
 
 
@@ -357,8 +377,7 @@ def find_nvcc(log: Log | None = None) -> CudaToolchain:
     wheel_error = None
     if wanted.split(".")[0] == "13":
         try:
-            release = NVCC_RELEASES.get(wanted) or _newest_release(wanted)
-            return _wheel_nvcc(release, log)
+            return _wheel_nvcc(wanted, log)
         except BackendError as err:  # offline, or no wheel for this machine: try a local CUDA
             wheel_error = err
     else:
@@ -371,12 +390,6 @@ def find_nvcc(log: Log | None = None) -> CudaToolchain:
                 nvcc=Path(candidate), include=None, lib=None, version=_nvcc_version(candidate)
             )
     raise BackendError(f"no nvcc: {wheel_error}; install the CUDA toolkit or set ${NVCC_ENV}")
-
-
-def _newest_release(major_minor: str) -> str:
-    with tempfile.TemporaryDirectory(prefix="slab-edge-nvcc-") as tmp:
-        (wheel,) = _pip_download([f"nvidia-cuda-nvcc=={major_minor}.*"], Path(tmp))
-    return wheel.name.split("-")[1]
 
 
 def _nvcc_version(nvcc: str | os.PathLike) -> str:
@@ -412,14 +425,16 @@ CXX_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wex
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC,-fvisibility=hidden"]
 
 
-def _run(command: list[str], what: str, log_file: Path) -> None:
+def _run(command: list[str], what: str, log_file: Path | None = None) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
-    with open(log_file, "a", encoding="utf-8") as f:
-        f.write("$ " + " ".join(command) + "\n" + result.stdout + result.stderr + "\n")
+    if log_file is not None:
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write("$ " + " ".join(command) + "\n" + result.stdout + result.stderr + "\n")
     if result.returncode != 0:
         output = (result.stderr + result.stdout).splitlines()
         first = next((ln for ln in output if "error" in ln.lower()), output[0] if output else "?")
-        raise BackendError(f"{what} failed: {first.strip()} (full log: {log_file})")
+        where = f" (full log: {log_file})" if log_file is not None else ""
+        raise BackendError(f"{what} failed: {first.strip()}{where}")
 
 
 def exported_symbols(library: str | os.PathLike) -> set[str]:
@@ -442,6 +457,42 @@ def _build_key(parts: list[str], files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _includes(spec: Target, log: Log | None) -> tuple[list[str], list[str], CudaToolchain | None]:
+    """(-I flags, toolchain description for the build key, nvcc or None) of a target."""
+    includes, toolchain = [f"-I{csrc_dir()}"], []
+    if spec.ort:
+        includes.append(f"-I{ort_include_dir(log)}")
+        toolchain.append(f"ort-headers {ORT_HEADERS.version}")
+    if spec.trt:
+        includes.append(f"-I{trt_include_dir(log)}")
+        toolchain.append(f"trt-headers {os.environ.get(TRT_INCLUDE_ENV) or TRT_HEADERS.version}")
+    cuda = find_nvcc(log) if spec.cuda else None
+    if cuda is not None:
+        toolchain.append(f"nvcc {cuda.nvcc} {cuda.version}")
+        if cuda.include is not None:
+            includes.append(f"-I{cuda.include}")
+    return includes, toolchain, cuda
+
+
+def syntax_check(target: str, source: str, log: Log | None = None) -> None:
+    """Compile the host C++ `source` of `target` with the target's flags and -fsyntax-only.
+
+    Checks code whose partner sources do not exist yet, e.g. the CUDA registration of ort_custom_ops.cc
+    (-DSLAB_WITH_CUDA) against sla_attention.h alone, without nvcc.
+
+    Raises:
+        InputError: `source` is not a host source of `target`.
+        BackendError: the compiler rejects it (first error line).
+    """
+    spec = TARGET_SOURCES[target]
+    if source not in spec.sources or source.endswith(".cu"):
+        raise InputError(f"{source} is not a host C++ source of target {target}")
+    includes, _, _ = _includes(Target(spec.sources[:0], ort=spec.ort, trt=spec.trt), log)
+    defines = [f"-D{d}" for d in spec.defines]
+    command = [host_compiler(), *CXX_FLAGS, "-fsyntax-only", *includes, *defines, str(csrc_dir() / source)]
+    _run(command, f"checking {source} ({target})")
+
+
 def _build_target(
     target: str,
     out_dir: Path,
@@ -458,19 +509,9 @@ def _build_target(
             "writes it)"
         )
     cxx = host_compiler()
-    includes = [f"-I{src}"]
-    toolchain = []
-    if spec.ort:
-        includes.append(f"-I{ort_include_dir(log)}")
-        toolchain.append(f"ort-headers {ORT_HEADERS.version}")
-    if spec.trt:
-        includes.append(f"-I{trt_include_dir(log)}")
-        toolchain.append(f"trt-headers {os.environ.get(TRT_INCLUDE_ENV) or TRT_HEADERS.version}")
-    cuda = find_nvcc(log) if spec.cuda else None
+    includes, toolchain, cuda = _includes(spec, log)
     if cuda is not None:
-        toolchain.append(f"nvcc {cuda.nvcc} {cuda.version} archs {','.join(cuda_archs)}")
-        if cuda.include is not None:
-            includes.append(f"-I{cuda.include}")
+        toolchain.append(f"archs {','.join(cuda_archs)}")
     defines = [f"-D{d}" for d in spec.defines]
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in cuda_archs]
     if cuda_archs:  # PTX of the newest arch too, so newer GPUs JIT-compile it

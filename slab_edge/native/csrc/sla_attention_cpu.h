@@ -14,7 +14,6 @@
 #define SLAB_SLA_ATTENTION_CPU_H_
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -42,42 +41,45 @@ inline uint32_t float_to_bits(float f) {
   return bits;
 }
 
+// Branch-free: conditions become all-ones / zero masks, so the row loops below vectorise.
+inline uint32_t mask_if(bool condition) { return 0u - uint32_t(condition); }
+
 inline float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  const uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0x1f) return bits_to_float(sign | 0x7f800000u | (mantissa << 13));  // inf / nan
-  if (exponent != 0) return bits_to_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
-  // zero or subnormal: mantissa * 2^-24, exact in float32
-  const float magnitude = float(mantissa) * (1.0f / 16777216.0f);
-  return sign ? -magnitude : magnitude;
+  const uint32_t shifted = uint32_t(h & 0x7fffu) << 13;  // exponent and mantissa at float positions
+  const uint32_t exponent = shifted & 0x0f800000u;
+  const uint32_t special = mask_if(exponent == 0x0f800000u);  // inf / nan: keep an all-ones exponent
+  const uint32_t small = mask_if(exponent == 0);              // zero / subnormal
+  // rebias 15 -> 127; a subnormal becomes 2^-14 (1 + m 2^-10), and subtracting 2^-14 leaves m 2^-24 exactly
+  const uint32_t bits = shifted + (112u << 23) + (special & (112u << 23)) + (small & (1u << 23));
+  const float magnitude = bits_to_float(bits) - bits_to_float(small & (113u << 23));
+  return bits_to_float(float_to_bits(magnitude) | (uint32_t(h & 0x8000u) << 16));
 }
 
 inline uint16_t float_to_half(float f) {
   const uint32_t bits = float_to_bits(f);
-  const uint16_t sign = uint16_t((bits >> 16) & 0x8000u);
-  const uint32_t abs_bits = bits & 0x7fffffffu;
-  if (abs_bits >= 0x7f800000u) return uint16_t(sign | 0x7c00u | (abs_bits > 0x7f800000u ? 0x200u : 0u));
-  if (abs_bits >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds above 65504: inf
-  if (abs_bits < 0x38800000u) {  // below 2^-14: a subnormal half (or zero) in units of 2^-24, exact scaling
-    return uint16_t(sign | uint32_t(std::nearbyint(bits_to_float(abs_bits) * 16777216.0f)));  // ties to even
-  }
-  // normal: drop 13 mantissa bits with round to nearest even (a carry into the exponent is correct)
-  const uint32_t rebased = abs_bits - (112u << 23);
-  const uint32_t rounded = rebased + 0xfffu + ((rebased >> 13) & 1u);
-  return uint16_t(sign | (rounded >> 13));
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  // normal: drop 13 mantissa bits, round to nearest even (a carry into the exponent is right, up to inf)
+  const uint32_t normal = (magnitude - (112u << 23) + 0xfffu + ((magnitude >> 13) & 1u)) >> 13;
+  // below 2^-14: adding 0.5 rounds to a multiple of 2^-24 (ties to even): the subnormal's mantissa
+  const uint32_t subnormal = float_to_bits(bits_to_float(magnitude) + 0.5f) - (126u << 23);
+  const uint32_t special = 0x7c00u | (mask_if(magnitude > 0x7f800000u) & 0x200u);  // inf, or a quiet nan
+  const uint32_t big = mask_if(magnitude >= 0x47800000u);  // >= 65536: inf / nan (65520.. rounds up to inf)
+  const uint32_t small = mask_if(magnitude < 0x38800000u) & ~big;
+  const uint32_t half = (special & big) | (subnormal & small) | (normal & ~(big | small));
+  return uint16_t(((bits >> 16) & 0x8000u) | half);
 }
 
 inline float bf16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
 
 inline uint16_t float_to_bf16(float f) {
   const uint32_t bits = float_to_bits(f);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return uint16_t((bits >> 16) | 0x40u);  // quiet nan
-  return uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  const uint32_t nan = mask_if((bits & 0x7fffffffu) > 0x7f800000u);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;  // nearest even
+  return uint16_t((nan & ((bits >> 16) | 0x40u)) | (~nan & rounded));      // a nan stays a (quiet) nan
 }
 
 // Element access by dtype: a row of `count` elements to / from float32.
-inline void load_row(slab_dtype dtype, const void* src, int64_t offset, int64_t count, float* dst) {
+SLAB_CPU_CLONES static void load_row(slab_dtype dtype, const void* src, int64_t offset, int64_t count, float* dst) {
   if (dtype == SLAB_FLOAT32) {
     std::memcpy(dst, static_cast<const float*>(src) + offset, size_t(count) * sizeof(float));
     return;
@@ -90,7 +92,7 @@ inline void load_row(slab_dtype dtype, const void* src, int64_t offset, int64_t 
   }
 }
 
-inline void store_row(slab_dtype dtype, const float* src, int64_t count, void* dst, int64_t offset) {
+SLAB_CPU_CLONES static void store_row(slab_dtype dtype, const float* src, int64_t count, void* dst, int64_t offset) {
   if (dtype == SLAB_FLOAT32) {
     std::memcpy(static_cast<float*>(dst) + offset, src, size_t(count) * sizeof(float));
     return;
@@ -104,41 +106,66 @@ inline void store_row(slab_dtype dtype, const float* src, int64_t count, void* d
 }
 
 // -- the two small GEMMs ---------------------------------------------------------------------------------------
-constexpr int kTileRows = 32;  // tokens converted to float32 at a time (one tile of q, k or v fits in L1)
-constexpr int kRowBlock = 4;   // register block: rows of the output updated together
+constexpr int kTileRows = 48;  // tokens converted to float32 at a time (a q, k or v tile: <= 24 KiB, in L1)
+constexpr int kRowBlock = 6;   // register block: rows of the output updated together
 constexpr int kColBlock = 16;  // register block: output columns (one AVX-512 / two AVX2 / four NEON vectors)
+
+// One register block: c[i, j] (+)= sum_p a(i, p) * b[p, j] for i < Rows (<= kRowBlock), j < kColBlock.
+// Fixed trip counts and one statement per row over the same j: the j loop becomes vector FMAs and the row
+// accumulators stay in registers across the whole p loop (6 x 16 floats: 12 AVX2 / 24 NEON registers, the
+// classic sgemm micro-kernel shape, with enough independent FMA chains to hide their latency).
+template <int Rows>
+SLAB_CPU_CLONES static void gemm_block(const float* a, int64_t a_row, int64_t a_depth, const float* b,
+                                       int64_t ldb, float* c, int64_t ldc, int depth, bool accumulate) {
+  static_assert(Rows >= 1 && Rows <= 6, "register block of 1 to 6 rows");
+  float c0[kColBlock] = {}, c1[kColBlock] = {}, c2[kColBlock] = {};
+  float c3[kColBlock] = {}, c4[kColBlock] = {}, c5[kColBlock] = {};
+  for (int p = 0; p < depth; ++p) {
+    const float* b_row = b + int64_t(p) * ldb;
+    const float* a_col = a + int64_t(p) * a_depth;
+    const float a0 = a_col[0];
+    const float a1 = Rows > 1 ? a_col[a_row] : 0.0f, a2 = Rows > 2 ? a_col[2 * a_row] : 0.0f;
+    const float a3 = Rows > 3 ? a_col[3 * a_row] : 0.0f, a4 = Rows > 4 ? a_col[4 * a_row] : 0.0f;
+    const float a5 = Rows > 5 ? a_col[5 * a_row] : 0.0f;
+    for (int j = 0; j < kColBlock; ++j) {
+      const float b_pj = b_row[j];
+      c0[j] += a0 * b_pj;
+      if constexpr (Rows > 1) c1[j] += a1 * b_pj;
+      if constexpr (Rows > 2) c2[j] += a2 * b_pj;
+      if constexpr (Rows > 3) c3[j] += a3 * b_pj;
+      if constexpr (Rows > 4) c4[j] += a4 * b_pj;
+      if constexpr (Rows > 5) c5[j] += a5 * b_pj;
+    }
+  }
+  const float* acc[6] = {c0, c1, c2, c3, c4, c5};
+  for (int i = 0; i < Rows; ++i) {
+    float* c_row = c + i * ldc;
+    for (int j = 0; j < kColBlock; ++j) c_row[j] = accumulate ? c_row[j] + acc[i][j] : acc[i][j];
+  }
+}
+
+using GemmBlock = void (*)(const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, int, bool);
 
 // c[m, :] (+)= sum_p a(m, p) * b[p, :] for m < rows, p < depth, over `cols` columns, with a(m, p) =
 // a[m * a_row + p * a_depth] and b, c row-major (leading dimensions ldb, ldc). accumulate=false overwrites c.
-SLAB_CPU_CLONES
-static inline void small_gemm(const float* a, int64_t a_row, int64_t a_depth, const float* b, int64_t ldb, float* c,
-                       int64_t ldc, int rows, int depth, int cols, bool accumulate) {
+// Column blocks of 16 go through gemm_block (the last rows % 6 through its smaller form); the columns past
+// the last full block (head dims that are not multiples of 16) through a plain loop.
+static inline void small_gemm(const float* a, int64_t a_row, int64_t a_depth, const float* b, int64_t ldb,
+                              float* c, int64_t ldc, int rows, int depth, int cols, bool accumulate) {
+  static constexpr GemmBlock blocks[kRowBlock + 1] = {nullptr,       gemm_block<1>, gemm_block<2>, gemm_block<3>,
+                                                      gemm_block<4>, gemm_block<5>, gemm_block<6>};
+  const int full_cols = cols - cols % kColBlock;
   for (int m0 = 0; m0 < rows; m0 += kRowBlock) {
-    const int mb = std::min(kRowBlock, rows - m0);
-    for (int n0 = 0; n0 < cols; n0 += kColBlock) {
-      const int nb = std::min(kColBlock, cols - n0);
-      float acc[kRowBlock][kColBlock] = {};
-      if (mb == kRowBlock && nb == kColBlock) {  // full block: fixed trip counts stay in registers
-        for (int p = 0; p < depth; ++p) {
-          const float* b_row = b + int64_t(p) * ldb + n0;
-          for (int i = 0; i < kRowBlock; ++i) {
-            const float a_ip = a[(m0 + i) * a_row + p * a_depth];
-            for (int j = 0; j < kColBlock; ++j) acc[i][j] += a_ip * b_row[j];
-          }
-        }
-      } else {
-        for (int p = 0; p < depth; ++p) {
-          const float* b_row = b + int64_t(p) * ldb + n0;
-          for (int i = 0; i < mb; ++i) {
-            const float a_ip = a[(m0 + i) * a_row + p * a_depth];
-            for (int j = 0; j < nb; ++j) acc[i][j] += a_ip * b_row[j];
-          }
-        }
-      }
-      for (int i = 0; i < mb; ++i) {
-        float* c_row = c + int64_t(m0 + i) * ldc + n0;
-        for (int j = 0; j < nb; ++j) c_row[j] = accumulate ? c_row[j] + acc[i][j] : acc[i][j];
-      }
+    const GemmBlock block = blocks[std::min(kRowBlock, rows - m0)];
+    for (int n0 = 0; n0 < full_cols; n0 += kColBlock) {
+      block(a + m0 * a_row, a_row, a_depth, b + n0, ldb, c + m0 * ldc + n0, ldc, depth, accumulate);
+    }
+  }
+  for (int m = 0; m < rows; ++m) {
+    for (int n = full_cols; n < cols; ++n) {
+      float sum = 0.0f;
+      for (int p = 0; p < depth; ++p) sum += a[m * a_row + p * a_depth] * b[int64_t(p) * ldb + n];
+      c[m * ldc + n] = accumulate ? c[m * ldc + n] + sum : sum;
     }
   }
 }
@@ -163,6 +190,7 @@ inline Plan make_plan(const slab_sla_shape& s) {
   p.chunk_rows = (s.tokens + p.chunks - 1) / p.chunks;
   p.groups = std::max<int64_t>(1, std::min((s.tokens + kTileRows - 1) / kTileRows, 4 * wanted));
   p.group_rows = (s.tokens + p.groups - 1) / p.groups;
+  p.group_rows = (p.group_rows + kRowBlock - 1) / kRowBlock * kRowBlock;  // whole register blocks
   p.state_floats = s.head_dim * s.value_dim + s.head_dim;
   return p;
 }
@@ -179,13 +207,39 @@ inline int check_shape(const slab_sla_shape& s) {
   return SLAB_OK;
 }
 
-// Pass 1 task: partial kv and ksum of tokens [n0, n1) of head `bh` into `state` [D * Dv + D].
+// sum_d x[d] * y[d] with 16 partial sums, so it vectorises without reassociation flags.
+inline float dot(const float* x, const float* y, int64_t count) {
+  float partial[kColBlock] = {};
+  int64_t d = 0;
+  for (; d + kColBlock <= count; d += kColBlock) {
+    for (int j = 0; j < kColBlock; ++j) partial[j] += x[d + j] * y[d + j];
+  }
+  float sum = 0.0f;
+  for (; d < count; ++d) sum += x[d] * y[d];
+  for (int j = 0; j < kColBlock; ++j) sum += partial[j];
+  return sum;
+}
+
+// Pass 1 task: partial kv and ksum of tokens [n0, n1) of head `bh` into `state` [D * Dv + D]. float32 inputs
+// are read in place (rows H * D apart); float16 / bfloat16 tiles are converted to float32 first.
 inline void accumulate_chunk(slab_dtype dtype, const void* k, const void* v, const slab_sla_shape& s, int64_t bh,
                              int64_t n0, int64_t n1, float* state) {
   const int64_t b = bh / s.heads, h = bh % s.heads, D = s.head_dim, Dv = s.value_dim;
   float* kv = state;
   float* ksum = state + D * Dv;
   std::fill(state, state + D * Dv + D, 0.0f);
+  const int64_t first = (b * s.tokens + n0) * s.heads + h;  // token row of (b, n0, h)
+  if (dtype == SLAB_FLOAT32) {
+    const float* k_rows = static_cast<const float*>(k) + first * D;
+    const float* v_rows = static_cast<const float*>(v) + first * Dv;
+    const int64_t k_step = s.heads * D, v_step = s.heads * Dv;
+    for (int64_t r = 0; r < n1 - n0; ++r) {
+      for (int64_t d = 0; d < D; ++d) ksum[d] += k_rows[r * k_step + d];
+    }
+    // kv[d, :] += sum_r k[r, d] v[r, :]: a = K^T (row step 1, depth step one token)
+    small_gemm(k_rows, 1, k_step, v_rows, v_step, kv, Dv, int(D), int(n1 - n0), int(Dv), true);
+    return;
+  }
   alignas(64) float k_tile[kTileRows * SLAB_SLA_MAX_DIM];
   alignas(64) float v_tile[kTileRows * SLAB_SLA_MAX_DIM];
   for (int64_t t0 = n0; t0 < n1; t0 += kTileRows) {
@@ -196,17 +250,28 @@ inline void accumulate_chunk(slab_dtype dtype, const void* k, const void* v, con
       load_row(dtype, v, token * Dv, Dv, v_tile + r * Dv);
       for (int64_t d = 0; d < D; ++d) ksum[d] += k_tile[r * D + d];
     }
-    // kv[d, :] += sum_r k[r, d] * v[r, :]   (a = K^T: row step 1, depth step D)
     small_gemm(k_tile, 1, D, v_tile, Dv, kv, Dv, int(D), rows, int(Dv), true);
   }
 }
 
-// Pass 3 task: out rows [n0, n1) of head `bh` from its reduced state.
+// Pass 3 task: out rows [n0, n1) of head `bh` from its reduced state (float32 in place, as in pass 1).
 inline void apply_group(slab_dtype dtype, const void* q, void* out, const slab_sla_shape& s, int64_t bh,
                         int64_t n0, int64_t n1, const float* state, float eps) {
   const int64_t b = bh / s.heads, h = bh % s.heads, D = s.head_dim, Dv = s.value_dim;
   const float* kv = state;
   const float* ksum = state + D * Dv;
+  const int64_t first = (b * s.tokens + n0) * s.heads + h;
+  if (dtype == SLAB_FLOAT32) {
+    const float* q_rows = static_cast<const float*>(q) + first * D;
+    float* o_rows = static_cast<float*>(out) + first * Dv;
+    const int64_t q_step = s.heads * D, o_step = s.heads * Dv;
+    small_gemm(q_rows, q_step, 1, kv, Dv, o_rows, o_step, int(n1 - n0), int(D), int(Dv), false);
+    for (int64_t r = 0; r < n1 - n0; ++r) {
+      const float inv = 1.0f / (dot(q_rows + r * q_step, ksum, D) + eps);
+      for (int64_t e = 0; e < Dv; ++e) o_rows[r * o_step + e] *= inv;
+    }
+    return;
+  }
   alignas(64) float q_tile[kTileRows * SLAB_SLA_MAX_DIM];
   alignas(64) float o_tile[kTileRows * SLAB_SLA_MAX_DIM];
   for (int64_t t0 = n0; t0 < n1; t0 += kTileRows) {
@@ -216,9 +281,7 @@ inline void apply_group(slab_dtype dtype, const void* q, void* out, const slab_s
     }
     small_gemm(q_tile, D, 1, kv, Dv, o_tile, Dv, rows, int(D), int(Dv), false);
     for (int r = 0; r < rows; ++r) {
-      float z = 0.0f;
-      for (int64_t d = 0; d < D; ++d) z += q_tile[r * D + d] * ksum[d];
-      const float inv = 1.0f / (z + eps);
+      const float inv = 1.0f / (dot(q_tile + r * D, ksum, D) + eps);
       float* o_row = o_tile + r * Dv;
       for (int64_t e = 0; e < Dv; ++e) o_row[e] *= inv;
       store_row(dtype, o_row, Dv, out, ((b * s.tokens + t0 + r) * s.heads + h) * Dv);
