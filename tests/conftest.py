@@ -22,3 +22,13 @@ def load_bench_module(name: str):
 def sla_pieces():
     """bench/sla_pieces_gpu.py (the candidate SLA training pieces live there)."""
     return load_bench_module("sla_pieces_gpu")
+
+
+@pytest.fixture(scope="session")
+def ort_ops_library():
+    """The slab ONNX Runtime custom-op library (CPU kernel) built from this tree's sources into the default
+    build folder, as `make venv` does (a no-op when it is up to date). A missing toolchain fails the test:
+    `make test` must be able to build it."""
+    from slab_edge.native.build import build
+
+    return build(["ort"])["ort"]

@@ -28,6 +28,7 @@ __all__ = [
     "attach_function",
     "check_custom_graph",
     "custom_nodes",
+    "node_model",
     "register_schema",
     "sla_function",
     "strip_function",
@@ -136,6 +137,38 @@ def strip_function(model) -> None:
     keep = [f for f in model.functions if (f.domain, f.name) != (OP_DOMAIN, OP_TYPE)]
     del model.functions[:]
     model.functions.extend(keep)
+
+
+def node_model(
+    elem_type: int = TensorProto.FLOAT,
+    head_dim: int | str = "D",
+    value_dim: int | str = "Dv",
+    eps: float | None = SLA_EPS,
+    function_body: bool = True,
+    opset: int = 18,
+) -> onnx.ModelProto:
+    """A model of one fused SLA node: inputs q, k [B, N, H, head_dim], v [B, N, H, value_dim] of `elem_type`,
+    output out [B, N, H, value_dim]; eps None leaves the attribute out (the default applies). For kernel and
+    plugin tests."""
+    attrs = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
+    if eps is not None:
+        attrs["eps"] = float(eps)
+    node = helper.make_node(OP_TYPE, ["q", "k", "v"], ["out"], name="sla", domain=OP_DOMAIN, **attrs)
+    io = lambda name, last: helper.make_tensor_value_info(name, elem_type, ["B", "N", "H", last])
+    graph = helper.make_graph(
+        [node],
+        "slab_linear_attention",
+        [io("q", head_dim), io("k", head_dim), io("v", value_dim)],
+        [io("out", value_dim)],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(OP_DOMAIN, OP_DOMAIN_VERSION)],
+    )
+    model.ir_version = 10
+    if function_body:
+        attach_function(model)
+    return model
 
 
 def check_custom_graph(model, variant: str) -> int:

@@ -73,7 +73,7 @@ TRT_INCLUDE_ENV = "SLAB_EDGE_TRT_INCLUDE"
 @dataclass(frozen=True)
 class Target:
     sources: tuple[str, ...]
-    defines: tuple[str, ...] = ()
+    defines: tuple[str, ...] = ()  #: for the host (C++) sources; a .cu compiles alike for every target
     ort: bool = False  #: needs the ONNX Runtime headers
     trt: bool = False  #: needs the TensorRT headers
     #: link with -Wl,--no-undefined (TensorRT plugins resolve nvinfer symbols against the loading process)
@@ -549,26 +549,44 @@ def _build_target(
         return library
     if log:
         log(f"{target}: building {library.name} from {', '.join(spec.sources)}")
-    with tempfile.TemporaryDirectory(prefix=f"slab-edge-build-{target}-") as tmp:
-        objects = []
-        log_file = out_dir / f".{LIBRARIES[target]}.log"
-        log_file.write_text("")
-        for source in spec.sources:
-            obj = Path(tmp) / (source + ".o")
-            if source.endswith(".cu"):
-                command = [str(cuda.nvcc), "-ccbin", cxx, *NVCC_FLAGS, *gencode, *includes, *defines]
-                command += ["-c", str(src / source), "-o", str(obj)]
-            else:
-                command = [cxx, *CXX_FLAGS, *includes, *defines, "-c", str(src / source), "-o", str(obj)]
-            _run(command, f"compiling {source} ({target})", log_file)
-            objects.append(str(obj))
-        with atomic_path(library) as tmp_library:
-            _run([*link, "-o", str(tmp_library), *objects, *libs], f"linking {library.name}", log_file)
-            missing_symbols = [s for s in ENTRY_POINTS[target] if s not in exported_symbols(tmp_library)]
-            if missing_symbols:
-                raise BackendError(f"{library.name} does not export {', '.join(missing_symbols)}")
+    log_file = out_dir / f".{LIBRARIES[target]}.log"
+    log_file.write_text("")
+    objects = []
+    for source in spec.sources:
+        if source.endswith(".cu"):  # the same object for every target: the target's defines are host-only
+            command = [
+                str(cuda.nvcc),
+                "-ccbin",
+                cxx,
+                *NVCC_FLAGS,
+                *gencode,
+                *includes,
+                "-c",
+                str(src / source),
+            ]
+        else:
+            command = [cxx, *CXX_FLAGS, *includes, *defines, "-c", str(src / source)]
+        objects.append(str(_compile(command, source, [*toolchain, _compiler_id(cxx)], log_file, target)))
+    with atomic_path(library) as tmp_library:
+        _run([*link, "-o", str(tmp_library), *objects, *libs], f"linking {library.name}", log_file)
+        missing_symbols = [s for s in ENTRY_POINTS[target] if s not in exported_symbols(tmp_library)]
+        if missing_symbols:
+            raise BackendError(f"{library.name} does not export {', '.join(missing_symbols)}")
     key_file.write_text(key + "\n")
     return library
+
+
+def _compile(command: list[str], source: str, toolchain: list[str], log_file: Path, target: str) -> Path:
+    """Run `command -o OBJECT` unless an object of the same command, sources and toolchain is cached
+    (toolchain_dir()/objects: targets sharing a source, e.g. sla_attention_cuda.cu, compile it once)."""
+    src = csrc_dir()
+    key = _build_key([*command, *toolchain], sorted(src.glob("*.h")) + [src / source])
+    obj = toolchain_dir() / "objects" / f"{source}.{key[:20]}.o"
+    if obj.is_file():
+        return obj
+    with atomic_path(obj) as tmp:
+        _run([*command, "-o", str(tmp)], f"compiling {source} ({target})", log_file)
+    return obj
 
 
 def _compiler_id(cxx: str) -> str:
