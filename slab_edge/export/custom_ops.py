@@ -177,14 +177,19 @@ def check_custom_graph(model, variant: str) -> int:
     "ort" and absent for "trt". Returns the node count.
 
     Raises:
-        InputError: the model has no SLA core to fuse.
+        InputError: no SLA core was fused (no SLA layer, or layers that do not call the fused op).
         BackendError: anything else is off.
     """
     if variant not in CUSTOM_OPS[1:]:
         raise InputError(f"custom-op variant must be one of {', '.join(CUSTOM_OPS[1:])}, got {variant!r}")
     nodes = custom_nodes(model)
     if not nodes:
-        raise InputError(f"no SLA core to fuse: --custom-ops {variant} needs a model with SLA layers")
+        from slab_edge.export.graph import find_sla_cores
+
+        raise InputError(
+            f"no SLA core was fused: --custom-ops {variant} needs SLA layers that call the fused op "
+            f"(slab_edge.ops.sla_fused); this model has {len(find_sla_cores(model))} standard-op SLA cores"
+        )
     imported = {o.domain: o.version for o in model.opset_import}
     if imported.get(OP_DOMAIN) != OP_DOMAIN_VERSION:
         raise BackendError(f"custom-op export does not import opset {OP_DOMAIN} {OP_DOMAIN_VERSION}")
