@@ -47,3 +47,31 @@ def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
     for p in module.parameters():
         p.normal_(0, std)
     return module
+
+
+def run_sla_node(session, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Run an ONNX Runtime session of `slab_edge.export.custom_ops.node_model` on CPU torch tensors of any
+    dtype (bfloat16 through OrtValues: numpy has no bfloat16). Returns `out` [B, N, H, Dv] on the CPU."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    if q.dtype != torch.bfloat16:
+        return torch.from_numpy(session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0])
+    as_bf16 = lambda array: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, TensorProto.BFLOAT16)
+    binding = session.io_binding()
+    for name, t in zip("qkv", (q, k, v)):
+        binding.bind_ortvalue_input(name, as_bf16(t.contiguous().view(torch.int16).numpy().view(np.uint16)))
+    out = np.zeros((*q.shape[:3], v.shape[-1]), np.uint16)
+    binding.bind_ortvalue_output("out", as_bf16(out))
+    session.run_with_iobinding(binding)
+    return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
+
+
+def ort_node_events(profile_path) -> set[tuple[str, str]]:
+    """{(op type, execution provider)} of the node events in an ONNX Runtime profile JSON."""
+    import json
+
+    with open(profile_path) as f:
+        events = json.load(f)
+    return {(e["args"]["op_name"], e["args"]["provider"]) for e in events if e.get("cat") == "Node"}

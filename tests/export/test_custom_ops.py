@@ -23,6 +23,7 @@ from slab_edge.export.custom_ops import check_custom_graph, custom_nodes
 from slab_edge.export.graph import find_sla_cores
 from slab_edge.export.onnx_export import export_model, parity_inputs, torch_logits
 from slab_edge.export.precision import custom_node_io_types
+from slab_edge.testing import ort_node_events
 
 SLA_MODELS = [
     "slab_deit_tiny_patch16_224",
@@ -87,13 +88,7 @@ def run_onnx(path, batch: np.ndarray, library=None, profile_prefix=None) -> tupl
         options.profile_file_prefix = str(profile_prefix)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     logits = session.run(None, {session.get_inputs()[0].name: batch})[0].astype(np.float32)
-    events = set()
-    if profile_prefix is not None:
-        with open(session.end_profiling()) as f:
-            events = {
-                (e["args"]["op_name"], e["args"]["provider"]) for e in json.load(f) if e.get("cat") == "Node"
-            }
-    return logits, events
+    return logits, ort_node_events(session.end_profiling()) if profile_prefix is not None else set()
 
 
 def max_abs(a: np.ndarray, b: np.ndarray) -> float:

@@ -3,8 +3,6 @@ one-node models, against the op's PyTorch reference (slab_edge.ops.sla_fused.lin
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -13,6 +11,7 @@ from onnx import TensorProto
 
 from slab_edge.export.custom_ops import node_model
 from slab_edge.ops.sla_fused import linear_attention_reference
+from slab_edge.testing import ort_node_events, run_sla_node
 
 ELEM_TYPES = {
     torch.float32: TensorProto.FLOAT,
@@ -50,26 +49,6 @@ def make_session(model, library, threads: int = 2, profile_prefix=None):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def run(session, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Run the node on torch tensors of any dtype (bfloat16 through OrtValues: numpy has no bfloat16)."""
-    if q.dtype != torch.bfloat16:
-        return torch.from_numpy(session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0])
-    binding = session.io_binding()
-    raw = {
-        name: t.contiguous().view(torch.int16).numpy().view(np.uint16) for name, t in zip("qkv", (q, k, v))
-    }
-    for name, array in raw.items():
-        binding.bind_ortvalue_input(
-            name, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, TensorProto.BFLOAT16)
-        )
-    out = np.zeros((*q.shape[:3], v.shape[-1]), np.uint16)
-    binding.bind_ortvalue_output(
-        "out", ort.OrtValue.ortvalue_from_numpy_with_onnx_type(out, TensorProto.BFLOAT16)
-    )
-    session.run_with_iobinding(binding)
-    return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
-
-
 def random_qkv(b, n, h, d, dv, dtype=torch.float32, seed=0):
     gen = torch.Generator().manual_seed(seed)
     q, k = (torch.randn(b, n, h, d, generator=gen).relu().to(dtype) for _ in range(2))
@@ -85,7 +64,7 @@ def rel_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 def test_kernel_matches_the_reference(ort_ops_library, shape, dtype):
     q, k, v = random_qkv(*shape, dtype=dtype)
     session = make_session(node_model(ELEM_TYPES[dtype], function_body=False), ort_ops_library)
-    out = run(session, q, k, v)
+    out = run_sla_node(session, q, k, v)
     expected = linear_attention_reference(q.float(), k.float(), v.float())  # the same (rounded) inputs
     assert out.dtype == dtype and out.shape == v.shape
     assert torch.isfinite(out.float()).all()
@@ -96,7 +75,7 @@ def test_thread_count_does_not_change_the_result(ort_ops_library):
     """The work split depends on the shape only, so results are bitwise equal on 1 and 2 threads."""
     q, k, v = random_qkv(3, 1000, 2, 64, 64)
     model = node_model(function_body=False)
-    one, two = (run(make_session(model, ort_ops_library, threads=t), q, k, v) for t in (1, 2))
+    one, two = (run_sla_node(make_session(model, ort_ops_library, threads=t), q, k, v) for t in (1, 2))
     assert torch.equal(one, two)
 
 
@@ -104,14 +83,16 @@ def test_thread_count_does_not_change_the_result(ort_ops_library):
 def test_eps_attribute_and_its_default(ort_ops_library, eps):
     q, k, v = random_qkv(1, 20, 2, 8, 8)
     q = q * 1e-4  # a small normalizer, so eps matters
-    out = run(make_session(node_model(eps=eps, function_body=False), ort_ops_library), q, k, v)
+    out = run_sla_node(make_session(node_model(eps=eps, function_body=False), ort_ops_library), q, k, v)
     expected = linear_attention_reference(q, k, v, 1e-6 if eps is None else eps)
     assert rel_error(out, expected) <= TOLERANCE[torch.float32]
 
 
 def test_fp16_io_accumulates_in_fp32(ort_ops_library):
     q, k, v = (t.half() * 30 for t in random_qkv(1, 300, 2, 16, 16))  # K^T V sums overflow fp16 (> 65504)
-    out = run(make_session(node_model(TensorProto.FLOAT16, function_body=False), ort_ops_library), q, k, v)
+    out = run_sla_node(
+        make_session(node_model(TensorProto.FLOAT16, function_body=False), ort_ops_library), q, k, v
+    )
     assert torch.isfinite(out).all()
     assert rel_error(out, linear_attention_reference(q.float(), k.float(), v.float())) <= 2e-3
 
@@ -128,7 +109,7 @@ def test_conversions_are_exact_and_round_to_nearest_even(ort_ops_library, dtype)
     ones = torch.ones(512, 2, 1, 1, dtype=dtype)
     for second in (first, (bits + 1).view(dtype).reshape(512, 1, 1, 128)):
         v = torch.cat([first, second], dim=1)  # [512, 2, 1, 128]
-        out = run(session, ones, ones, v)[:, :1]  # both tokens hold the same mean
+        out = run_sla_node(session, ones, ones, v)[:, :1]  # both tokens hold the same mean
         expected = ((first.float() + second.float()) / 2).to(dtype)
         nan = expected.float().isnan()
         assert torch.equal(out.float().isnan(), nan)
@@ -169,14 +150,8 @@ def test_bad_shapes_fail_with_one_line(ort_ops_library, shapes, message):
 
 def test_empty_batch_gives_an_empty_output(ort_ops_library):
     q, k, v = (t[:0] for t in random_qkv(1, 4, 2, 8, 8))
-    out = run(make_session(node_model(function_body=False), ort_ops_library), q, k, v)
+    out = run_sla_node(make_session(node_model(function_body=False), ort_ops_library), q, k, v)
     assert out.shape == (0, 4, 2, 8)
-
-
-def node_events(profile: str) -> set[tuple[str, str]]:
-    with open(profile) as f:
-        events = json.load(f)
-    return {(e["args"]["op_name"], e["args"]["provider"]) for e in events if e.get("cat") == "Node"}
 
 
 def test_the_library_kernel_runs_instead_of_the_function_body(ort_ops_library, tmp_path):
@@ -186,8 +161,8 @@ def test_the_library_kernel_runs_instead_of_the_function_body(ort_ops_library, t
     outputs, events = {}, {}
     for name, library in (("kernel", ort_ops_library), ("body", None)):
         session = make_session(node_model(function_body=True), library, profile_prefix=tmp_path / name)
-        outputs[name] = run(session, q, k, v)
-        events[name] = node_events(session.end_profiling())
+        outputs[name] = run_sla_node(session, q, k, v)
+        events[name] = ort_node_events(session.end_profiling())
     assert events["kernel"] == {("SlabLinearAttention", "CPUExecutionProvider")}
     assert ("MatMul", "CPUExecutionProvider") in events["body"]
     assert all(op != "SlabLinearAttention" for op, _ in events["body"])

@@ -153,12 +153,11 @@ struct CudaKernel : SlaKernel {
       const slab_dtype dtype = to_slab_dtype(in[0].GetTensorTypeAndShapeInfo().GetElementType());
       void* stream = ctx.GetGPUComputeStream();
       const size_t bytes = slab_sla_cuda_workspace_bytes(s);
-      // The workspace comes from the EP's (stream-ordered) allocator and goes back right after the launch:
-      // every CUDA kernel of the session runs on this one compute stream, so a later user of the block is
-      // ordered after this kernel.
-      Ort::ConstMemoryInfo input_memory = in[0].GetTensorMemoryInfo();
-      Ort::MemoryInfo device_memory("Cuda", OrtDeviceAllocator, input_memory.GetDeviceId(), OrtMemTypeDefault);
-      OrtAllocator* allocator = ctx.GetAllocator(*device_memory);
+      // The workspace comes from the allocator of the device the inputs live on (the EP's, stream-ordered)
+      // and goes back right after the launch: every CUDA kernel of the session runs on this one compute
+      // stream, so a later user of the block is ordered after this kernel.
+      const OrtMemoryInfo* input_memory = in[0].GetTensorMemoryInfo();
+      OrtAllocator* allocator = ctx.GetAllocator(*input_memory);
       void* workspace = bytes ? allocator->Alloc(allocator, bytes) : nullptr;
       if (bytes && workspace == nullptr) {
         g_api->ReleaseAllocator(allocator);
