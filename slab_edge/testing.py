@@ -49,6 +49,20 @@ def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
     return module
 
 
+#: torch dtype -> ONNX elem type of the fused SLA node's I/O (onnx.TensorProto FLOAT / FLOAT16 / BFLOAT16)
+SLA_NODE_TYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}
+#: a fused SLA kernel vs the float32 reference on the same inputs, max |error| / max |reference|: float32 sums
+#: in another order, then one rounding of the output (fp16: 2^-11 relative, bf16: 2^-8) plus the reference's
+SLA_KERNEL_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
+
+
+def sla_inputs(b: int, n: int, h: int, d: int, dv: int, dtype=torch.float32, seed: int = 0):
+    """Random q, k [B, N, H, D] after ReLU and v [B, N, H, Dv] in `dtype` (CPU)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(b, n, h, d, generator=gen).relu().to(dtype) for _ in range(2))
+    return q, k, torch.randn(b, n, h, dv, generator=gen).to(dtype)
+
+
 def run_sla_node(session, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Run an ONNX Runtime session of `slab_edge.export.custom_ops.node_model` on CPU torch tensors of any
     dtype (bfloat16 through OrtValues: numpy has no bfloat16). Returns `out` [B, N, H, Dv] on the CPU."""

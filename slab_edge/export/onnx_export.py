@@ -239,8 +239,14 @@ def parity_inputs(metadata: dict[str, Any], batch: int = 2, real: bool = True) -
     return out
 
 
-def ort_session(model: Any, threads: int | None = None, custom_op_library: str | os.PathLike | None = None):
-    """onnxruntime CPU session from a ModelProto, bytes or path (with the slab custom-op library if given)."""
+def ort_session(
+    model: Any,
+    threads: int | None = None,
+    custom_op_library: str | os.PathLike | None = None,
+    profile_prefix: str | os.PathLike | None = None,
+):
+    """onnxruntime CPU session from a ModelProto, bytes or path (with the slab custom-op library if given;
+    profiling to `<profile_prefix>_<date>.json` if given: `session.end_profiling()` returns the file)."""
     import onnxruntime as ort
 
     from slab_edge.runtime.custom_ops import register_library
@@ -251,6 +257,9 @@ def ort_session(model: Any, threads: int | None = None, custom_op_library: str |
     options.log_severity_level = 3
     if custom_op_library is not None:
         register_library(options, custom_op_library)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     elif isinstance(model, (str, os.PathLike)):

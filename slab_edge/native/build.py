@@ -249,46 +249,50 @@ def _pip_download(requirements: list[str], dest: Path) -> list[Path]:
     return sorted(dest.glob("*.whl"))
 
 
+def _headers(env: str, marker: str, cached: Path, fetch: Callable[[], dict[str, bytes]]) -> Path:
+    """A header folder holding `marker`: $`env` if set (checked), else `cached`, filled by fetch() once."""
+    if os.environ.get(env):
+        folder = Path(os.environ[env])
+        if not (folder / marker).is_file():
+            raise InputError(f"${env}={folder} has no {marker}")
+        return folder
+    if (cached / marker).is_file():
+        return cached
+    return _install_tree(cached, fetch())
+
+
 def ort_include_dir(log: Log | None = None) -> Path:
     """The ONNX Runtime C/C++ API headers: $SLAB_EDGE_ORT_INCLUDE, else ORT_HEADERS (fetched once)."""
-    if os.environ.get(ORT_INCLUDE_ENV):
-        folder = Path(os.environ[ORT_INCLUDE_ENV])
-        if not (folder / "onnxruntime_cxx_api.h").is_file():
-            raise InputError(f"${ORT_INCLUDE_ENV}={folder} has no onnxruntime_cxx_api.h")
-        return folder
-    folder = toolchain_dir() / f"onnxruntime-headers-{ORT_HEADERS.version}"
-    if (folder / "onnxruntime_cxx_api.h").is_file():
-        return folder
-    if log:
-        log(f"fetching ONNX Runtime headers: {ORT_HEADERS.url}")
-    deb = _download(ORT_HEADERS.url)
-    _check_sha256(deb, ORT_HEADERS.sha256, ORT_HEADERS.url)
-    return _install_tree(folder, _deb_data_members(deb, ORT_HEADERS.prefix))
+
+    def fetch() -> dict[str, bytes]:
+        if log:
+            log(f"fetching ONNX Runtime headers: {ORT_HEADERS.url}")
+        deb = _download(ORT_HEADERS.url)
+        _check_sha256(deb, ORT_HEADERS.sha256, ORT_HEADERS.url)
+        return _deb_data_members(deb, ORT_HEADERS.prefix)
+
+    cached = toolchain_dir() / f"onnxruntime-headers-{ORT_HEADERS.version}"
+    return _headers(ORT_INCLUDE_ENV, "onnxruntime_cxx_api.h", cached, fetch)
 
 
 def trt_include_dir(log: Log | None = None) -> Path:
     """The TensorRT headers: $SLAB_EDGE_TRT_INCLUDE, else those of the TRT_HEADERS wheel (fetched once)."""
-    if os.environ.get(TRT_INCLUDE_ENV):
-        folder = Path(os.environ[TRT_INCLUDE_ENV])
-        if not (folder / "NvInfer.h").is_file():
-            raise InputError(f"${TRT_INCLUDE_ENV}={folder} has no NvInfer.h")
-        return folder
-    folder = toolchain_dir() / f"tensorrt-headers-{TRT_HEADERS.name}-{TRT_HEADERS.version}"
-    if (folder / "NvInfer.h").is_file():
-        return folder
-    if log:
-        log(f"fetching TensorRT headers from the {TRT_HEADERS.name}=={TRT_HEADERS.version} wheel")
-    with tempfile.TemporaryDirectory(prefix="slab-edge-wheel-") as tmp:
-        (wheel,) = _pip_download([f"{TRT_HEADERS.name}=={TRT_HEADERS.version}"], Path(tmp))
-        data = wheel.read_bytes()
-    _check_sha256(data, TRT_HEADERS.sha256, wheel.name)
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        files = {
-            name[len(TRT_HEADERS.prefix) :]: archive.read(name)
-            for name in archive.namelist()
-            if name.startswith(TRT_HEADERS.prefix) and not name.endswith("/")
-        }
-    return _install_tree(folder, files)
+
+    def fetch() -> dict[str, bytes]:
+        if log:
+            log(f"fetching TensorRT headers from the {TRT_HEADERS.name}=={TRT_HEADERS.version} wheel")
+        with tempfile.TemporaryDirectory(prefix="slab-edge-wheel-") as tmp:
+            (wheel,) = _pip_download([f"{TRT_HEADERS.name}=={TRT_HEADERS.version}"], Path(tmp))
+            data = wheel.read_bytes()
+        _check_sha256(data, TRT_HEADERS.sha256, wheel.name)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = [
+                n for n in archive.namelist() if n.startswith(TRT_HEADERS.prefix) and not n.endswith("/")
+            ]
+            return {name[len(TRT_HEADERS.prefix) :]: archive.read(name) for name in names}
+
+    cached = toolchain_dir() / f"tensorrt-headers-{TRT_HEADERS.name}-{TRT_HEADERS.version}"
+    return _headers(TRT_INCLUDE_ENV, "NvInfer.h", cached, fetch)
 
 
 def cuda_major_minor() -> str:

@@ -14,14 +14,13 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from slab_edge import cli
 from slab_edge.errors import BackendError, InputError
 from slab_edge.export.custom_ops import check_custom_graph, custom_nodes
 from slab_edge.export.graph import find_sla_cores
-from slab_edge.export.onnx_export import export_model, parity_inputs, torch_logits
+from slab_edge.export.onnx_export import export_model, ort_session, parity_inputs, torch_logits
 from slab_edge.export.precision import custom_node_io_types
 from slab_edge.testing import ort_node_events
 
@@ -78,15 +77,7 @@ def custom_exports(tmp_path_factory, zoo_exports, ort_ops_library):
 
 def run_onnx(path, batch: np.ndarray, library=None, profile_prefix=None) -> tuple[np.ndarray, set]:
     """Logits and the set of (op, provider) node events ORT's profile records (empty without profiling)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    if library is not None:
-        options.register_custom_ops_library(str(library))
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_prefix)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, 1, custom_op_library=library, profile_prefix=profile_prefix)
     logits = session.run(None, {session.get_inputs()[0].name: batch})[0].astype(np.float32)
     return logits, ort_node_events(session.end_profiling()) if profile_prefix is not None else set()
 

@@ -15,21 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from onnx import TensorProto
 
 from slab_edge.export.custom_ops import node_model
 from slab_edge.ops.sla_fused import linear_attention_reference
-from slab_edge.testing import ort_node_events, run_sla_node
+from slab_edge.testing import SLA_KERNEL_TOLERANCE, SLA_NODE_TYPES, ort_node_events, run_sla_node, sla_inputs
 
 pytestmark = pytest.mark.gpu
 
-ELEM_TYPES = {
-    torch.float32: TensorProto.FLOAT,
-    torch.float16: TensorProto.FLOAT16,
-    torch.bfloat16: TensorProto.BFLOAT16,
-}
-#: max |kernel - float32 reference| / max |reference| (as for the CPU kernel: fp32 sums, one output rounding)
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
 #: (B, N, H, D, Dv): SLAB-DeiT-T at 224 (bs 8) and 1024 (bs 4), SLAB-Swin-T stage 1 (56 x 56, d 32),
 #: SLAB-PVT stage 1 (d 64), odd shapes, the maximum head dim
 SHAPES = [
@@ -76,31 +68,27 @@ def cuda_session(ort, model, library, profile_prefix=None):
     return session
 
 
-def random_qkv(b, n, h, d, dv, dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k = (torch.randn(b, n, h, d, generator=gen).relu().to(dtype) for _ in range(2))
-    return q, k, torch.randn(b, n, h, dv, generator=gen).to(dtype)
-
-
-@pytest.mark.parametrize("dtype", list(ELEM_TYPES), ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("dtype", list(SLA_NODE_TYPES), ids=lambda t: str(t).removeprefix("torch."))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-N{}-H{}-D{}-Dv{}".format(*s))
 def test_ort_cuda_kernel_matches_the_reference(ort_cuda, shape, dtype, tmp_path):
     ort, library = ort_cuda
-    q, k, v = random_qkv(*shape, dtype)
-    session = cuda_session(ort, node_model(ELEM_TYPES[dtype], function_body=False), library, tmp_path / "p")
+    q, k, v = sla_inputs(*shape, dtype)
+    session = cuda_session(
+        ort, node_model(SLA_NODE_TYPES[dtype], function_body=False), library, tmp_path / "p"
+    )
     out = run_sla_node(session, q, k, v)
     # the node ran on the CUDA EP (a CPU fallback would show CPUExecutionProvider)
     assert ("SlabLinearAttention", "CUDAExecutionProvider") in ort_node_events(session.end_profiling())
     expected = linear_attention_reference(q.float(), k.float(), v.float())
     assert out.dtype == dtype and torch.isfinite(out.float()).all()
     err = float((out.float() - expected).abs().max() / expected.abs().max())
-    assert err <= TOLERANCE[dtype], f"max error {err:.2e}"
+    assert err <= SLA_KERNEL_TOLERANCE[dtype], f"max error {err:.2e}"
 
 
 def test_ort_cuda_gives_the_cpu_kernels_result(ort_cuda, ort_ops_library):
     """The CUDA and CPU kernels of one node, fp32: the same up to float32 summation order."""
     ort, library = ort_cuda
-    q, k, v = random_qkv(4, 1000, 3, 64, 64, torch.float32)
+    q, k, v = sla_inputs(4, 1000, 3, 64, 64, torch.float32)
     model = node_model(function_body=False)
     cuda = run_sla_node(cuda_session(ort, model, library), q, k, v)
     options = ort.SessionOptions()

@@ -4,23 +4,15 @@ one-node models, against the op's PyTorch reference (slab_edge.ops.sla_fused.lin
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto
 
 from slab_edge.export.custom_ops import node_model
+from slab_edge.export.onnx_export import ort_session
 from slab_edge.ops.sla_fused import linear_attention_reference
-from slab_edge.testing import ort_node_events, run_sla_node
+from slab_edge.testing import SLA_KERNEL_TOLERANCE, SLA_NODE_TYPES, ort_node_events, run_sla_node, sla_inputs
 
-ELEM_TYPES = {
-    torch.float32: TensorProto.FLOAT,
-    torch.float16: TensorProto.FLOAT16,
-    torch.bfloat16: TensorProto.BFLOAT16,
-}
-#: max |kernel - float32 reference| / max |reference|: float32 sums in another order, then one rounding of
-#: the output (fp16: 2^-11 relative, bf16: 2^-8) plus the reference's own
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
 #: (B, N, H, D, Dv): odd token counts and head dims, Dv != D, B * H = 1, the zoo's 64 / 32 / 16, the maximum
 SHAPES = [
     (1, 1, 1, 8, 8),
@@ -38,42 +30,28 @@ def shape_id(shape) -> str:
 
 
 def make_session(model, library, threads: int = 2, profile_prefix=None):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    if library is not None:
-        options.register_custom_ops_library(str(library))
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_prefix)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def random_qkv(b, n, h, d, dv, dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k = (torch.randn(b, n, h, d, generator=gen).relu().to(dtype) for _ in range(2))
-    return q, k, torch.randn(b, n, h, dv, generator=gen).to(dtype)
+    return ort_session(model, threads, custom_op_library=library, profile_prefix=profile_prefix)
 
 
 def rel_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     return float((got.float() - expected).abs().max() / expected.abs().max())
 
 
-@pytest.mark.parametrize("dtype", list(ELEM_TYPES), ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("dtype", list(SLA_NODE_TYPES), ids=lambda t: str(t).removeprefix("torch."))
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_kernel_matches_the_reference(ort_ops_library, shape, dtype):
-    q, k, v = random_qkv(*shape, dtype=dtype)
-    session = make_session(node_model(ELEM_TYPES[dtype], function_body=False), ort_ops_library)
+    q, k, v = sla_inputs(*shape, dtype=dtype)
+    session = make_session(node_model(SLA_NODE_TYPES[dtype], function_body=False), ort_ops_library)
     out = run_sla_node(session, q, k, v)
     expected = linear_attention_reference(q.float(), k.float(), v.float())  # the same (rounded) inputs
     assert out.dtype == dtype and out.shape == v.shape
     assert torch.isfinite(out.float()).all()
-    assert rel_error(out, expected) <= TOLERANCE[dtype]
+    assert rel_error(out, expected) <= SLA_KERNEL_TOLERANCE[dtype]
 
 
 def test_thread_count_does_not_change_the_result(ort_ops_library):
     """The work split depends on the shape only, so results are bitwise equal on 1 and 2 threads."""
-    q, k, v = random_qkv(3, 1000, 2, 64, 64)
+    q, k, v = sla_inputs(3, 1000, 2, 64, 64)
     model = node_model(function_body=False)
     one, two = (run_sla_node(make_session(model, ort_ops_library, threads=t), q, k, v) for t in (1, 2))
     assert torch.equal(one, two)
@@ -81,15 +59,15 @@ def test_thread_count_does_not_change_the_result(ort_ops_library):
 
 @pytest.mark.parametrize("eps", [0.5, None], ids=["eps=0.5", "eps-default"])
 def test_eps_attribute_and_its_default(ort_ops_library, eps):
-    q, k, v = random_qkv(1, 20, 2, 8, 8)
+    q, k, v = sla_inputs(1, 20, 2, 8, 8)
     q = q * 1e-4  # a small normalizer, so eps matters
     out = run_sla_node(make_session(node_model(eps=eps, function_body=False), ort_ops_library), q, k, v)
     expected = linear_attention_reference(q, k, v, 1e-6 if eps is None else eps)
-    assert rel_error(out, expected) <= TOLERANCE[torch.float32]
+    assert rel_error(out, expected) <= SLA_KERNEL_TOLERANCE[torch.float32]
 
 
 def test_fp16_io_accumulates_in_fp32(ort_ops_library):
-    q, k, v = (t.half() * 30 for t in random_qkv(1, 300, 2, 16, 16))  # K^T V sums overflow fp16 (> 65504)
+    q, k, v = (t.half() * 30 for t in sla_inputs(1, 300, 2, 16, 16))  # K^T V sums overflow fp16 (> 65504)
     out = run_sla_node(
         make_session(node_model(TensorProto.FLOAT16, function_body=False), ort_ops_library), q, k, v
     )
@@ -105,7 +83,7 @@ def test_conversions_are_exact_and_round_to_nearest_even(ort_ops_library, dtype)
     that a zero may lose its sign."""
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)  # all 65536 patterns
     first = bits.view(dtype).reshape(512, 1, 1, 128)
-    session = make_session(node_model(ELEM_TYPES[dtype], eps=0.0, function_body=False), ort_ops_library)
+    session = make_session(node_model(SLA_NODE_TYPES[dtype], eps=0.0, function_body=False), ort_ops_library)
     ones = torch.ones(512, 2, 1, 1, dtype=dtype)
     for second in (first, (bits + 1).view(dtype).reshape(512, 1, 1, 128)):
         v = torch.cat([first, second], dim=1)  # [512, 2, 1, 128]
@@ -149,7 +127,7 @@ def test_bad_shapes_fail_with_one_line(ort_ops_library, shapes, message):
 
 
 def test_empty_batch_gives_an_empty_output(ort_ops_library):
-    q, k, v = (t[:0] for t in random_qkv(1, 4, 2, 8, 8))
+    q, k, v = (t[:0] for t in sla_inputs(1, 4, 2, 8, 8))
     out = run_sla_node(make_session(node_model(function_body=False), ort_ops_library), q, k, v)
     assert out.shape == (0, 4, 2, 8)
 
@@ -157,7 +135,7 @@ def test_empty_batch_gives_an_empty_output(ort_ops_library):
 def test_the_library_kernel_runs_instead_of_the_function_body(ort_ops_library, tmp_path):
     """With the library ORT runs its kernel (profile: one SlabLinearAttention event on the CPU EP); without
     it, the model's function body is inlined (no such event, its MatMuls run) and gives the same result."""
-    q, k, v = random_qkv(2, 50, 3, 16, 16)
+    q, k, v = sla_inputs(2, 50, 3, 16, 16)
     outputs, events = {}, {}
     for name, library in (("kernel", ort_ops_library), ("body", None)):
         session = make_session(node_model(function_body=True), library, profile_prefix=tmp_path / name)

@@ -51,7 +51,7 @@ constexpr slab_dtype to_slab_dtype(ONNXTensorElementDataType type) {
 }
 
 // The node's inputs checked against the contract; on success `shape` is filled.
-OrtStatus* read_inputs(const Ort::KernelContext& ctx, const Ort::ConstValue (&in)[3], slab_sla_shape& shape) {
+OrtStatus* read_inputs(const Ort::ConstValue (&in)[3], slab_sla_shape& shape) {
   std::vector<int64_t> dims[3];
   const char* names[3] = {"q", "k", "v"};
   for (int i = 0; i < 3; ++i) {
@@ -77,7 +77,6 @@ OrtStatus* read_inputs(const Ort::KernelContext& ctx, const Ort::ConstValue (&in
                                                  std::to_string(shape.value_dim) + " must be in [1, " +
                                                  std::to_string(SLAB_SLA_MAX_DIM) + "]");
   }
-  (void)ctx;
   return nullptr;
 }
 
@@ -95,6 +94,20 @@ OrtStatus* guarded(Body&& body) {
   }
 }
 
+// The node's checked inputs and its allocated output, for one execution.
+struct NodeIO {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  slab_sla_shape shape;
+  slab_dtype dtype;
+  const OrtMemoryInfo* memory;  // where the inputs live
+};
+
+// One kernel per execution provider: reads eps, checks the inputs, allocates the output, then
+// Device::run(ctx, io, eps) computes it.
+template <typename Device>
 struct SlaKernel {
   float eps = kDefaultEps;
 
@@ -108,69 +121,62 @@ struct SlaKernel {
       g_api->ReleaseStatus(status);
     }
   }
-};
-
-struct CpuKernel : SlaKernel {
-  using SlaKernel::SlaKernel;
 
   OrtStatus* ComputeV2(OrtKernelContext* context) const {
     return guarded([&]() -> OrtStatus* {
       Ort::KernelContext ctx(context);
       const Ort::ConstValue in[3] = {ctx.GetInput(0), ctx.GetInput(1), ctx.GetInput(2)};
       slab_sla_shape s;
-      if (OrtStatus* bad = read_inputs(ctx, in, s)) return bad;
+      if (OrtStatus* bad = read_inputs(in, s)) return bad;
       auto out = ctx.GetOutput(0, {s.batch, s.tokens, s.heads, s.value_dim});
       if (is_empty(s)) return nullptr;
-      const slab_dtype dtype = to_slab_dtype(in[0].GetTensorTypeAndShapeInfo().GetElementType());
-      std::vector<float> workspace(slab_cpu::workspace_bytes(s) / sizeof(float));
-      auto parallel_for = [&ctx](size_t count, const auto& task) {
-        using Task = std::decay_t<decltype(task)>;
-        ctx.ParallelFor([](void* data, size_t i) { (*static_cast<const Task*>(data))(i); }, count, 0,
-                        const_cast<Task*>(&task));
-      };
-      const int status = slab_cpu::forward(dtype, in[0].GetTensorRawData(), in[1].GetTensorRawData(),
-                                           in[2].GetTensorRawData(), out.GetTensorMutableRawData(), s, eps,
-                                           workspace.data(), workspace.size() * sizeof(float), parallel_for);
-      // read_inputs checked everything forward checks: a failure here is a bug, reported by number
-      if (status != SLAB_OK) return make_status(ORT_FAIL, "CPU kernel failed with status " + std::to_string(status));
-      return nullptr;
+      const NodeIO io{in[0].GetTensorRawData(),
+                      in[1].GetTensorRawData(),
+                      in[2].GetTensorRawData(),
+                      out.GetTensorMutableRawData(),
+                      s,
+                      to_slab_dtype(in[0].GetTensorTypeAndShapeInfo().GetElementType()),
+                      in[0].GetTensorMemoryInfo()};
+      return Device::run(ctx, io, eps);
     });
   }
 };
 
-#ifdef SLAB_WITH_CUDA
-struct CudaKernel : SlaKernel {
-  using SlaKernel::SlaKernel;
+struct Cpu {
+  static OrtStatus* run(const Ort::KernelContext& ctx, const NodeIO& io, float eps) {
+    std::vector<float> workspace(slab_cpu::workspace_bytes(io.shape) / sizeof(float));
+    auto parallel_for = [&ctx](size_t count, const auto& task) {
+      using Task = std::decay_t<decltype(task)>;
+      ctx.ParallelFor([](void* data, size_t i) { (*static_cast<const Task*>(data))(i); }, count, 0,
+                      const_cast<Task*>(&task));
+    };
+    const int status = slab_cpu::forward(io.dtype, io.q, io.k, io.v, io.out, io.shape, eps, workspace.data(),
+                                         workspace.size() * sizeof(float), parallel_for);
+    // read_inputs checked everything forward checks: a failure here is a bug, reported by number
+    if (status != SLAB_OK) return make_status(ORT_FAIL, "CPU kernel failed with status " + std::to_string(status));
+    return nullptr;
+  }
+};
 
-  OrtStatus* ComputeV2(OrtKernelContext* context) const {
-    return guarded([&]() -> OrtStatus* {
-      Ort::KernelContext ctx(context);
-      const Ort::ConstValue in[3] = {ctx.GetInput(0), ctx.GetInput(1), ctx.GetInput(2)};
-      slab_sla_shape s;
-      if (OrtStatus* bad = read_inputs(ctx, in, s)) return bad;
-      auto out = ctx.GetOutput(0, {s.batch, s.tokens, s.heads, s.value_dim});
-      if (is_empty(s)) return nullptr;
-      const slab_dtype dtype = to_slab_dtype(in[0].GetTensorTypeAndShapeInfo().GetElementType());
-      void* stream = ctx.GetGPUComputeStream();
-      const size_t bytes = slab_sla_cuda_workspace_bytes(s);
-      // The workspace comes from the allocator of the device the inputs live on (the EP's, stream-ordered)
-      // and goes back right after the launch: every CUDA kernel of the session runs on this one compute
-      // stream, so a later user of the block is ordered after this kernel.
-      const OrtMemoryInfo* input_memory = in[0].GetTensorMemoryInfo();
-      OrtAllocator* allocator = ctx.GetAllocator(*input_memory);
-      void* workspace = bytes ? allocator->Alloc(allocator, bytes) : nullptr;
-      if (bytes && workspace == nullptr) {
-        g_api->ReleaseAllocator(allocator);
-        return make_status(ORT_FAIL, "could not allocate " + std::to_string(bytes) + " bytes of CUDA workspace");
-      }
-      const int status = slab_sla_cuda_forward(dtype, in[0].GetTensorRawData(), in[1].GetTensorRawData(),
-                                               in[2].GetTensorRawData(), out.GetTensorMutableRawData(), s, eps,
-                                               workspace, bytes, stream);
-      if (workspace) allocator->Free(allocator, workspace);
+#ifdef SLAB_WITH_CUDA
+struct Cuda {
+  static OrtStatus* run(const Ort::KernelContext& ctx, const NodeIO& io, float eps) {
+    const size_t bytes = slab_sla_cuda_workspace_bytes(io.shape);
+    // The workspace comes from the allocator of the device the inputs live on (the EP's, stream-ordered)
+    // and goes back right after the launch: every CUDA kernel of the session runs on this one compute
+    // stream, so a later user of the block is ordered after this kernel.
+    OrtAllocator* allocator = ctx.GetAllocator(*io.memory);
+    void* workspace = bytes ? allocator->Alloc(allocator, bytes) : nullptr;
+    if (bytes && workspace == nullptr) {
       g_api->ReleaseAllocator(allocator);
-      if (status != SLAB_OK) return make_status(ORT_FAIL, slab_sla_status_string(status));
-      return nullptr;
-    });
+      return make_status(ORT_FAIL, "could not allocate " + std::to_string(bytes) + " bytes of CUDA workspace");
+    }
+    const int status = slab_sla_cuda_forward(io.dtype, io.q, io.k, io.v, io.out, io.shape, eps, workspace, bytes,
+                                             ctx.GetGPUComputeStream());
+    if (workspace) allocator->Free(allocator, workspace);
+    g_api->ReleaseAllocator(allocator);
+    if (status != SLAB_OK) return make_status(ORT_FAIL, slab_sla_status_string(status));
+    return nullptr;
   }
 };
 #endif
@@ -191,13 +197,13 @@ struct SlaOp : Ort::CustomOpBase<SlaOp<Kernel, Type, OnCuda>, Kernel, true> {
   ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return Type; }
 };
 
-using CpuFloat = SlaOp<CpuKernel, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, false>;
-using CpuHalf = SlaOp<CpuKernel, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, false>;
-using CpuBFloat = SlaOp<CpuKernel, ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, false>;
+using CpuFloat = SlaOp<SlaKernel<Cpu>, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, false>;
+using CpuHalf = SlaOp<SlaKernel<Cpu>, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, false>;
+using CpuBFloat = SlaOp<SlaKernel<Cpu>, ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, false>;
 #ifdef SLAB_WITH_CUDA
-using CudaFloat = SlaOp<CudaKernel, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, true>;
-using CudaHalf = SlaOp<CudaKernel, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, true>;
-using CudaBFloat = SlaOp<CudaKernel, ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, true>;
+using CudaFloat = SlaOp<SlaKernel<Cuda>, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, true>;
+using CudaHalf = SlaOp<SlaKernel<Cuda>, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, true>;
+using CudaBFloat = SlaOp<SlaKernel<Cuda>, ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, true>;
 #endif
 
 // The ops live as long as the library (sessions keep pointers to them); each registration adds one domain.
