@@ -2,7 +2,7 @@
 
 A model exported with `--custom-ops ort` or `trt` holds fused SLA nodes (slab_edge.native.OP_TYPE, domain
 slab). Before a session is created, `prepare_session_options` reads the model file's header (opset imports,
-model-local functions, metadata; the graph is skipped unread) and registers the custom-op library when the
+model-local functions, metadata: slab_edge.runtime.onnx_header) and registers the custom-op library when the
 model uses the op: the one given, else the built one (slab_edge.native.find_library: "ort-cuda" for the CUDA
 execution provider, "ort" otherwise). Without a library an "ort" file still runs (ONNX Runtime inlines its
 function body); a "trt" file has no function body, and that is one clear error.
@@ -10,7 +10,6 @@ function body); a "trt" file has no function body, and that is one clear error.
 
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,9 @@ from pathlib import Path
 from slab_edge.errors import BackendError, InputError
 from slab_edge.native import OP_DOMAIN, OP_TYPE, find_library
 from slab_edge.runtime.metadata import PREFIX
+from slab_edge.runtime.onnx_header import read_onnx_header
 
 __all__ = ["CustomOpUse", "prepare_session_options", "read_custom_op_use", "register_library"]
-
-# ModelProto / OperatorSetIdProto / StringStringEntryProto / FunctionProto field numbers (onnx.proto)
-_MODEL_OPSET_IMPORT, _MODEL_METADATA_PROPS, _MODEL_FUNCTIONS = 8, 14, 25
-_OPSET_DOMAIN, _ENTRY_KEY, _ENTRY_VALUE = 1, 1, 2
-_FUNCTION_NAME, _FUNCTION_DOMAIN = 1, 10
 
 
 @dataclass
@@ -40,69 +35,20 @@ class CustomOpUse:
         return OP_DOMAIN in self.domains or self.declared in ("ort", "trt")
 
 
-def _varint(buf, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf, start: int, end: int):
-    """(field number, payload) of a protobuf message in buf[start:end]; payload is an int for varints and
-    (start, end) for length-delimited fields. Fixed-size fields are skipped."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield number, value
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            yield number, (pos, pos + size)
-            pos += size
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
-def _strings(buf, span: tuple[int, int], wanted: tuple[int, ...]) -> dict[int, str]:
-    out = {}
-    for number, value in _fields(buf, *span):
-        if number in wanted and isinstance(value, tuple):
-            out[number] = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
-    return out
-
-
 def read_custom_op_use(path: str | os.PathLike) -> CustomOpUse:
-    """Scan an ONNX file's top-level fields (memory-mapped; the graph is skipped without parsing).
+    """What the ONNX file at `path` says about the slab op (its header only; slab_edge.runtime.onnx_header).
 
     A file that is not a readable ModelProto gives an empty CustomOpUse: ONNX Runtime reports it properly.
     """
-    use = CustomOpUse()
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            for number, value in _fields(buf, 0, len(buf)):
-                if not isinstance(value, tuple):
-                    continue
-                if number == _MODEL_OPSET_IMPORT:
-                    use.domains.add(_strings(buf, value, (_OPSET_DOMAIN,)).get(_OPSET_DOMAIN, ""))
-                elif number == _MODEL_FUNCTIONS:
-                    names = _strings(buf, value, (_FUNCTION_NAME, _FUNCTION_DOMAIN))
-                    if (names.get(_FUNCTION_DOMAIN), names.get(_FUNCTION_NAME)) == (OP_DOMAIN, OP_TYPE):
-                        use.function_body = True
-                elif number == _MODEL_METADATA_PROPS:
-                    entry = _strings(buf, value, (_ENTRY_KEY, _ENTRY_VALUE))
-                    if entry.get(_ENTRY_KEY) == PREFIX + "custom_ops":
-                        use.declared = entry.get(_ENTRY_VALUE)
-    except (OSError, ValueError, IndexError):
+        header = read_onnx_header(path)
+    except (OSError, ValueError):
         return CustomOpUse()
-    return use
+    return CustomOpUse(
+        domains=header.domains,
+        function_body=(OP_DOMAIN, OP_TYPE) in header.functions,
+        declared=header.metadata.get(PREFIX + "custom_ops"),
+    )
 
 
 def register_library(options, library: str | os.PathLike) -> Path:

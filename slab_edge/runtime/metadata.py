@@ -99,14 +99,17 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 
 def read_metadata_props(onnx_path: str | os.PathLike) -> dict[str, str]:
-    """An ONNX file's metadata_props verbatim (with the `onnx` package when installed, else ONNX Runtime)."""
+    """An ONNX file's metadata_props verbatim (with the `onnx` package when installed, else from the file's
+    header: slab_edge.runtime.onnx_header, which needs no backend, so no custom-op library either)."""
     try:
         import onnx
     except ImportError:
-        import onnxruntime
+        from slab_edge.runtime.onnx_header import read_onnx_header
 
-        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        return dict(session.get_modelmeta().custom_metadata_map)
+        try:
+            return read_onnx_header(onnx_path).metadata
+        except ValueError as err:
+            raise ValueError(f"{onnx_path} is not an ONNX model ({err})") from None
     model = onnx.load(str(onnx_path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 
