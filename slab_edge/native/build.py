@@ -40,7 +40,7 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -183,18 +183,22 @@ def _check_sha256(data: bytes, expected: str, what: str) -> None:
         raise BackendError(f"{what}: SHA256 {got} does not match the pinned {expected}; not used")
 
 
-def _install_tree(folder: Path, files: dict[str, bytes]) -> Path:
-    """Write {relative path: bytes} as `folder`, atomically (a temporary sibling renamed into place)."""
+Files = Iterable[tuple[str, bytes, int]]  #: (relative path, content, unix mode), streamed one by one
+
+
+def _install_tree(folder: Path, files: Files) -> Path:
+    """Write `files` as `folder`, atomically (a temporary sibling renamed into place)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        for rel, data in files.items():
+        for rel, data, mode in files:
             parts = Path(rel).parts
             if not parts or Path(rel).is_absolute() or ".." in parts:
                 raise BackendError(f"refusing to unpack {rel!r} outside {folder}")
             path = tmp.joinpath(*parts)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+            path.chmod(0o755 if mode & 0o111 else 0o644)  # executables (nvcc, cicc) stay executable
         try:
             os.replace(tmp, folder)
         except OSError:
@@ -205,7 +209,16 @@ def _install_tree(folder: Path, files: dict[str, bytes]) -> Path:
     return folder
 
 
-def _deb_data_members(deb: bytes, prefix: str) -> dict[str, bytes]:
+def _zip_members(archive: zipfile.ZipFile, prefix: str, strip: bool = True) -> Files:
+    """Files under `prefix` in a zip archive (a wheel), with the modes it records (nvcc must stay executable);
+    paths relative to `prefix` when `strip`."""
+    for info in archive.infolist():
+        if info.filename.startswith(prefix) and not info.is_dir():
+            rel = info.filename[len(prefix) :] if strip else info.filename
+            yield rel, archive.read(info), (info.external_attr >> 16) & 0o777
+
+
+def _deb_data_members(deb: bytes, prefix: str) -> list[tuple[str, bytes, int]]:
     """Files under `prefix` in a .deb (an `ar` archive whose data.tar.* holds the package's files)."""
     if not deb.startswith(b"!<arch>\n"):
         raise BackendError("not a Debian package (no ar header)")
@@ -218,13 +231,13 @@ def _deb_data_members(deb: bytes, prefix: str) -> dict[str, bytes]:
         pos += 60 + size + (size & 1)
         if not name.startswith("data.tar"):
             continue
-        files = {}
+        files = []
         try:
             with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as archive:
                 for member in archive.getmembers():
                     path = member.name.lstrip("./")
                     if member.isfile() and path.startswith(prefix):
-                        files[path[len(prefix) :]] = archive.extractfile(member).read()
+                        files.append((path[len(prefix) :], archive.extractfile(member).read(), member.mode))
         except tarfile.ReadError as err:
             raise BackendError(f"cannot read {name} of the Debian package ({err})") from None
         return files
@@ -241,7 +254,9 @@ def _download(url: str) -> bytes:
 
 def _pip_download(requirements: list[str], dest: Path) -> list[Path]:
     """Wheels for `requirements` (exact pins) for this machine, without dependencies, via pip."""
+    # few retries and a short timeout: an offline machine (the GPU machine) falls back to a local nvcc quickly
     command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
+    command += ["--retries", "1", "--timeout", "30"]
     result = subprocess.run([*command, "--dest", str(dest), *requirements], capture_output=True, text=True)
     if result.returncode != 0:
         lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
@@ -249,7 +264,7 @@ def _pip_download(requirements: list[str], dest: Path) -> list[Path]:
     return sorted(dest.glob("*.whl"))
 
 
-def _headers(env: str, marker: str, cached: Path, fetch: Callable[[], dict[str, bytes]]) -> Path:
+def _headers(env: str, marker: str, cached: Path, fetch: Callable[[], Files]) -> Path:
     """A header folder holding `marker`: $`env` if set (checked), else `cached`, filled by fetch() once."""
     if os.environ.get(env):
         folder = Path(os.environ[env])
@@ -264,7 +279,7 @@ def _headers(env: str, marker: str, cached: Path, fetch: Callable[[], dict[str, 
 def ort_include_dir(log: Log | None = None) -> Path:
     """The ONNX Runtime C/C++ API headers: $SLAB_EDGE_ORT_INCLUDE, else ORT_HEADERS (fetched once)."""
 
-    def fetch() -> dict[str, bytes]:
+    def fetch() -> Files:
         if log:
             log(f"fetching ONNX Runtime headers: {ORT_HEADERS.url}")
         deb = _download(ORT_HEADERS.url)
@@ -278,7 +293,7 @@ def ort_include_dir(log: Log | None = None) -> Path:
 def trt_include_dir(log: Log | None = None) -> Path:
     """The TensorRT headers: $SLAB_EDGE_TRT_INCLUDE, else those of the TRT_HEADERS wheel (fetched once)."""
 
-    def fetch() -> dict[str, bytes]:
+    def fetch() -> Files:
         if log:
             log(f"fetching TensorRT headers from the {TRT_HEADERS.name}=={TRT_HEADERS.version} wheel")
         with tempfile.TemporaryDirectory(prefix="slab-edge-wheel-") as tmp:
@@ -286,10 +301,7 @@ def trt_include_dir(log: Log | None = None) -> Path:
             data = wheel.read_bytes()
         _check_sha256(data, TRT_HEADERS.sha256, wheel.name)
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            names = [
-                n for n in archive.namelist() if n.startswith(TRT_HEADERS.prefix) and not n.endswith("/")
-            ]
-            return {name[len(TRT_HEADERS.prefix) :]: archive.read(name) for name in names}
+            return list(_zip_members(archive, TRT_HEADERS.prefix))
 
     cached = toolchain_dir() / f"tensorrt-headers-{TRT_HEADERS.name}-{TRT_HEADERS.version}"
     return _headers(TRT_INCLUDE_ENV, "NvInfer.h", cached, fetch)
@@ -319,11 +331,13 @@ class CudaToolchain:
     version: str  #: e.g. "13.0.88" or nvcc's --version line
 
     def cudart_link_args(self) -> list[str]:
+        """Link against the shared libcudart (the wheels ship only the versioned file, libcudart.so.13)."""
         if self.lib is None:
             return ["-lcudart"]
-        runtime = sorted(self.lib.glob("libcudart.so.*"))
-        name = runtime[0].name if runtime else "libcudart.so"
-        return [f"-L{self.lib}", f"-l:{name}"]
+        if (self.lib / "libcudart.so").exists():
+            return [f"-L{self.lib}", "-lcudart"]
+        runtime = sorted(self.lib.glob("libcudart.so.[0-9]*"), key=lambda p: len(p.name))
+        return [f"-L{self.lib}", f"-l:{runtime[0].name}" if runtime else "-lcudart"]
 
 
 def _wheel_nvcc(major_minor: str, log: Log | None) -> CudaToolchain:
@@ -340,15 +354,14 @@ def _wheel_nvcc(major_minor: str, log: Log | None) -> CudaToolchain:
             log(f"fetching nvcc for CUDA {major_minor} from PyPI: {' '.join(requirements)}")
         with tempfile.TemporaryDirectory(prefix="slab-edge-nvcc-") as tmp:
             wheels = _pip_download(requirements, Path(tmp))
-            files: dict[str, bytes] = {"WHEELS": "\n".join(w.name for w in wheels).encode() + b"\n"}
-            for wheel in wheels:
-                with zipfile.ZipFile(wheel) as archive:
-                    for info in archive.infolist():
-                        if info.filename.startswith("nvidia/") and not info.is_dir():
-                            files[info.filename] = archive.read(info)
-        _install_tree(root, files)
-        for tool in [*(home / "bin").iterdir(), home / "nvvm" / "bin" / "cicc"]:
-            tool.chmod(0o755)  # zip archives do not keep the executable bits
+
+            def files() -> Files:
+                yield "WHEELS", "\n".join(w.name for w in wheels).encode() + b"\n", 0o644
+                for wheel in wheels:
+                    with zipfile.ZipFile(wheel) as archive:
+                        yield from _zip_members(archive, "nvidia/", strip=False)
+
+            _install_tree(root, files())
     version = next((ln.split("-")[1] for ln in (root / "WHEELS").read_text().split() if "nvcc" in ln), "?")
     return CudaToolchain(nvcc=nvcc, include=home / "include", lib=home / "lib", version=version)
 
@@ -376,7 +389,7 @@ def find_nvcc(log: Log | None = None) -> CudaToolchain:
         nvcc = Path(os.environ[NVCC_ENV])
         if not nvcc.is_file():
             raise InputError(f"${NVCC_ENV}={nvcc} is not a file")
-        return CudaToolchain(nvcc=nvcc, include=None, lib=None, version=_nvcc_version(nvcc))
+        return _local_toolkit(nvcc)
     wanted = cuda_major_minor()
     wheel_error = None
     if wanted.split(".")[0] == "13":
@@ -390,10 +403,17 @@ def find_nvcc(log: Log | None = None) -> CudaToolchain:
         if candidate and Path(candidate).is_file():
             if log:
                 log(f"nvcc wheel not used ({wheel_error}); using {candidate}")
-            return CudaToolchain(
-                nvcc=Path(candidate), include=None, lib=None, version=_nvcc_version(candidate)
-            )
+            return _local_toolkit(Path(candidate))
     raise BackendError(f"no nvcc: {wheel_error}; install the CUDA toolkit or set ${NVCC_ENV}")
+
+
+def _local_toolkit(nvcc: Path) -> CudaToolchain:
+    """A CUDA toolkit on the machine (JetPack, /usr/local/cuda): its headers and libcudart beside nvcc."""
+    home = nvcc.resolve().parent.parent
+    include = home / "include"
+    lib = next((home / d for d in ("lib64", "lib") if (home / d).is_dir()), None)
+    version = _nvcc_version(nvcc)
+    return CudaToolchain(nvcc=nvcc, include=include if include.is_dir() else None, lib=lib, version=version)
 
 
 def _nvcc_version(nvcc: str | os.PathLike) -> str:
