@@ -53,8 +53,9 @@ def custom_node_io_types(proto) -> dict[str, list[int]]:
     """{fused SLA node name: elem types of its inputs and its output} (custom-op exports)."""
     from slab_edge.export.custom_ops import custom_nodes
 
-    types = tensor_elem_types(proto)
-    return {node.name: [types.get(x, 0) for x in [*node.input, *node.output]] for node in custom_nodes(proto)}
+    nodes = custom_nodes(proto)
+    types = tensor_elem_types(proto) if nodes else {}
+    return {node.name: [types.get(x, 0) for x in [*node.input, *node.output]] for node in nodes}
 
 
 def convert_fp16(fp32_proto):
