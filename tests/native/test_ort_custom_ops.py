@@ -3,11 +3,15 @@ one-node models, against the op's PyTorch reference (slab_edge.ops.sla_fused.lin
 
 from __future__ import annotations
 
+import re
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from onnx import TensorProto
 
+from slab_edge.errors import BackendError
 from slab_edge.export.custom_ops import node_model
 from slab_edge.export.onnx_export import ort_session
 from slab_edge.ops.sla_fused import linear_attention_reference
@@ -145,3 +149,21 @@ def test_the_library_kernel_runs_instead_of_the_function_body(ort_ops_library, t
     assert ("MatMul", "CPUExecutionProvider") in events["body"]
     assert all(op != "SlabLinearAttention" for op, _ in events["body"])
     assert rel_error(outputs["kernel"], outputs["body"].float()) <= 1e-6
+
+
+def test_a_runtime_older_than_the_headers_is_refused_in_one_line(tmp_path, monkeypatch):
+    """The library asks the runtime for exactly its headers' ORT_API_VERSION: built against headers that
+    claim API 99, this onnxruntime (API < 99) cannot serve it, and registration fails with one clear line
+    instead of calling into a table that is too short."""
+    from slab_edge.native import build
+
+    headers = tmp_path / "headers"
+    shutil.copytree(build.ort_include_dir(), headers)
+    api = headers / "onnxruntime_c_api.h"
+    api.write_text(re.sub(r"#define ORT_API_VERSION \d+", "#define ORT_API_VERSION 99", api.read_text()))
+    monkeypatch.setenv(build.ORT_INCLUDE_ENV, str(headers))
+    library = build.build(["ort"], out_dir=tmp_path / "lib")["ort"]
+    refused = r"built for ONNX Runtime API 99 .* this runtime is \d+\.\d+"
+    with pytest.raises(BackendError, match=refused) as info:
+        ort_session(node_model(), custom_op_library=library)
+    assert "\n" not in str(info.value)
