@@ -5,8 +5,9 @@
 
 The state of every layer is explicit: for SLA S [B, H, d, d] and z [B, H, d] (attention state and its
 normalizer, float32) and conv [B, C, W-1] (the short conv's last inputs); for GLA S [B, H, d_k, d_v] (the
-gate is computed from the input, so it carries no state); for the softmax baseline k_cache / v_cache
-[B, H, past_len, d]. Names and shapes are written to the metadata key ``state_layout`` (symbolic dims
+gate is computed from the input, so it carries no state); for softmax attention k_cache / v_cache
+[B, H, past_len, d]. A hybrid (attention_pattern) mixes them layer by layer: its softmax layers' KV caches
+share one past_len. Names and shapes are written to the metadata key ``state_layout`` (symbolic dims
 "batch" and "past_len"), next to ``tokenizer``, ``vocab_size`` and ``max_prompt_len`` (null: any length).
 
 The prefill graph is the chunkwise form with a dynamic prompt length T, made of standard ops only: states
@@ -352,7 +353,7 @@ def export_lm(
     folded = folded.cpu().eval()
 
     cfg = model.config
-    name = f"slab_lm_{meta.get('size', 'custom')}_{cfg.attention}_{cfg.norm}"
+    name = f"slab_lm_{meta.get('size', 'custom')}_{cfg.attention_label}_{cfg.norm}"
     layout = lm_state_layout(folded)
     common = {
         "model": name,

@@ -72,6 +72,9 @@ class EngineSidecar:
     precision: "fp32" | "fp16" | "int8" | "strongly-typed"
     profiles: [{input name: {"min": [...], "opt": [...], "max": [...]}}]
     onnx_metadata: the ONNX file's metadata_props, verbatim (slab_edge.* keys)
+    plugins: the plugin libraries the engine needs, loaded before it is deserialized:
+        [{"library": file name, "sha256": ..., "plugins": [{"name", "version", "namespace"}],
+          "serialized_in_engine": true when the library travels inside a version-compatible plan}]
     """
 
     builder: dict[str, str]
@@ -82,6 +85,7 @@ class EngineSidecar:
     options: dict[str, Any] = field(default_factory=dict)
     onnx_file: str = ""
     onnx_sha256: str = ""
+    plugins: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

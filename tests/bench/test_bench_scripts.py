@@ -71,11 +71,17 @@ def test_lm_train_gpu_swaps_sla_pieces_into_their_modules_and_back(monkeypatch):
 
 def test_lm_quality_smoke(tmp_path):
     out = tmp_path / "quality"
-    run("lm_quality.py", "--smoke", "--out", str(out), "--variants", "gla:prepbn", "--threads", "1")
+    variants = ["gla:prepbn", "sla/LS:rmsnorm"]  # a pure row and a 1:1 sla:softmax hybrid row
+    run("lm_quality.py", "--smoke", "--out", str(out), "--variants", *variants, "--threads", "1")
     results = json.loads((out / "results.json").read_text())
-    (row,) = results["rows"]
-    assert row["variant"] == "gla:prepbn" and row["steps"] >= 1
-    assert 0 < row["val_bpb"] < 16 and (out / "gla-prepbn" / "metrics.jsonl").is_file()
+    assert [row["variant"] for row in results["rows"]] == variants
+    assert results["model_kwargs"]["num_layers"] == 2
+    for row, folder in zip(results["rows"], ("gla-prepbn", "sla-LS-rmsnorm")):
+        assert row["steps"] >= 1 and 0 < row["val_bpb"] < 16 and (out / folder / "metrics.jsonl").is_file()
+    from slab_edge.train.lm import load_lm
+
+    hybrid, meta, _ = load_lm(out / "sla-LS-rmsnorm")
+    assert meta["attention_pattern"] == "LS" and hybrid.config.layer_attention() == ("sla", "softmax")
 
 
 def test_sla_pieces_smoke_on_cpu(tmp_path):

@@ -80,3 +80,29 @@ def build_reduced(name: str, seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     return randomize(create_model(name, **reduced_kwargs(name)), seed).eval()
+
+
+def write_custom_op_onnx(path, body: bool = False):
+    """q, k, v [B, 4, 2, 8] -> one SlabLinearAttention node (domain slab) -> y; `body`: with a function body,
+    as the `--custom-ops ort` export writes it (here a stand-in body: the build never runs it)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from slab_edge import native
+    from slab_edge.export.onnx_export import set_metadata
+
+    attrs = dict(eps=1e-6, plugin_version=native.PLUGIN_VERSION, plugin_namespace=native.PLUGIN_NAMESPACE)
+    node = helper.make_node("SlabLinearAttention", ["q", "k", "v"], ["y"], domain=native.OP_DOMAIN,
+                            name="blocks.0.attn/sla_core/fused", **attrs)  # fmt: skip
+    functions = []
+    if body:
+        functions.append(helper.make_function(native.OP_DOMAIN, native.OP_TYPE, ["q", "k", "v"], ["y"],
+                                              [helper.make_node("Identity", ["v"], ["y"])],
+                                              [helper.make_opsetid("", 18)], attributes=["eps"]))  # fmt: skip
+    tensor = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4, 2, 8])
+    graph = helper.make_graph([node], "g", [tensor("q"), tensor("k"), tensor("v")], [tensor("y")])
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid(native.OP_DOMAIN, native.OP_DOMAIN_VERSION)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions)
+    set_metadata(model, {"model": "toy", "precision": "fp32"})
+    onnx.save(model, str(path))
+    return path
