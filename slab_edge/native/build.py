@@ -29,6 +29,7 @@ proves the code compiles and exports its entry points without ever installing an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import os
@@ -55,10 +56,11 @@ __all__ = [
     "TARGETS",
     "build",
     "exported_symbols",
+    "cuda_toolchain",
     "find_nvcc",
     "ort_include_dir",
+    "tensorrt_include_dir",
     "toolchain_dir",
-    "trt_include_dir",
 ]
 
 TARGETS = tuple(LIBRARIES)
@@ -72,31 +74,29 @@ TRT_INCLUDE_ENV = "SLAB_EDGE_TRT_INCLUDE"
 
 @dataclass(frozen=True)
 class Target:
-    sources: tuple[str, ...]
+    sources: tuple[str, ...]  #: the target's own source first, then the ones it shares (the CUDA kernel)
     defines: tuple[str, ...] = ()  #: for the host (C++) sources; a .cu compiles alike for every target
     ort: bool = False  #: needs the ONNX Runtime headers
-    trt: bool = False  #: needs the TensorRT headers
-    #: link with -Wl,--no-undefined (TensorRT plugins resolve nvinfer symbols against the loading process)
-    strict_link: bool = True
-
-    @property
-    def cuda(self) -> bool:
-        return any(s.endswith(".cu") for s in self.sources)
+    trt: bool = False  #: needs the TensorRT headers (which include the CUDA runtime's)
+    version_script: str | None = None  #: linker version script in csrc (what the library exports)
 
 
 TARGET_SOURCES: dict[str, Target] = {
     "ort": Target(("ort_custom_ops.cc",), ort=True),
     "ort-cuda": Target(("ort_custom_ops.cc", "sla_attention_cuda.cu"), ("SLAB_WITH_CUDA",), ort=True),
     "torch-cuda": Target(("sla_attention_cuda.cu",)),
-    "trt": Target(("trt_sla_plugin.cpp", "sla_attention_cuda.cu"), trt=True, strict_link=False),
+    "trt": Target(
+        ("trt_sla_plugin.cpp", "sla_attention_cuda.cu"), trt=True, version_script="trt_sla_plugin.map"
+    ),
 }
 
-#: symbols each library must export (checked after every link)
+#: symbols each library must export (checked after every link); TensorRT's IPluginRegistry::loadLibrary looks
+#: up setLoggerFinder and getCreators (IPluginV3 creators)
 ENTRY_POINTS: dict[str, tuple[str, ...]] = {
     "ort": ("RegisterCustomOps",),
     "ort-cuda": ("RegisterCustomOps",),
     "torch-cuda": ("slab_sla_cuda_forward", "slab_sla_cuda_workspace_bytes", "slab_sla_status_string"),
-    "trt": ("getCreators",),
+    "trt": ("getCreators", "setLoggerFinder"),
 }
 
 
@@ -290,7 +290,7 @@ def ort_include_dir(log: Log | None = None) -> Path:
     return _headers(ORT_INCLUDE_ENV, "onnxruntime_cxx_api.h", cached, fetch)
 
 
-def trt_include_dir(log: Log | None = None) -> Path:
+def tensorrt_include_dir(log: Log | None = None) -> Path:
     """The TensorRT headers: $SLAB_EDGE_TRT_INCLUDE, else those of the TRT_HEADERS wheel (fetched once)."""
 
     def fetch() -> Files:
@@ -362,6 +362,9 @@ def _wheel_nvcc(major_minor: str, log: Log | None) -> CudaToolchain:
                         yield from _zip_members(archive, "nvidia/", strip=False)
 
             _install_tree(root, files())
+    if not (home / "lib64").exists():  # nvcc.profile links from lib64 (e.g. cudart_static for nvcc -shared)
+        with contextlib.suppress(FileExistsError):
+            (home / "lib64").symlink_to("lib")
     version = next((ln.split("-")[1] for ln in (root / "WHEELS").read_text().split() if "nvcc" in ln), "?")
     return CudaToolchain(nvcc=nvcc, include=home / "include", lib=home / "lib", version=version)
 
@@ -378,9 +381,14 @@ def _installed_cudart_lib() -> Path | None:
     return None
 
 
-def find_nvcc(log: Log | None = None) -> CudaToolchain:
-    """nvcc: $SLAB_EDGE_NVCC, else the CUDA wheels for cuda_major_minor() (fetched once), else nvcc on PATH
-    or in /usr/local/cuda/bin.
+def find_nvcc(log: Log | None = None) -> Path:
+    """The nvcc cuda_toolchain() picks."""
+    return cuda_toolchain(log).nvcc
+
+
+def cuda_toolchain(log: Log | None = None) -> CudaToolchain:
+    """nvcc with its headers and libcudart: $SLAB_EDGE_NVCC, else the CUDA wheels for cuda_major_minor()
+    (fetched once), else nvcc on PATH or in /usr/local/cuda/bin.
 
     Raises:
         BackendError: none of them is usable.
@@ -481,40 +489,24 @@ def _build_key(parts: list[str], files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _includes(spec: Target, log: Log | None) -> tuple[list[str], list[str], CudaToolchain | None]:
-    """(-I flags, toolchain description for the build key, nvcc or None) of a target."""
+def _includes(
+    spec: Target, sources: list[str], log: Log | None
+) -> tuple[list[str], list[str], CudaToolchain | None]:
+    """(-I flags, toolchain description for the build key, the CUDA toolchain or None) of a target built
+    from `sources`: CUDA is needed to compile a .cu, and for the TensorRT headers (they include its own)."""
     includes, toolchain = [f"-I{csrc_dir()}"], []
     if spec.ort:
         includes.append(f"-I{ort_include_dir(log)}")
         toolchain.append(f"ort-headers {ORT_HEADERS.version}")
     if spec.trt:
-        includes.append(f"-I{trt_include_dir(log)}")
+        includes.append(f"-I{tensorrt_include_dir(log)}")
         toolchain.append(f"trt-headers {os.environ.get(TRT_INCLUDE_ENV) or TRT_HEADERS.version}")
-    cuda = find_nvcc(log) if spec.cuda else None
+    cuda = cuda_toolchain(log) if spec.trt or any(s.endswith(".cu") for s in sources) else None
     if cuda is not None:
         toolchain.append(f"nvcc {cuda.nvcc} {cuda.version}")
         if cuda.include is not None:
             includes.append(f"-I{cuda.include}")
     return includes, toolchain, cuda
-
-
-def syntax_check(target: str, source: str, log: Log | None = None) -> None:
-    """Compile the host C++ `source` of `target` with the target's flags and -fsyntax-only.
-
-    Checks code whose partner sources do not exist yet, e.g. the CUDA registration of ort_custom_ops.cc
-    (-DSLAB_WITH_CUDA) against sla_attention.h alone, without nvcc.
-
-    Raises:
-        InputError: `source` is not a host source of `target`.
-        BackendError: the compiler rejects it (first error line).
-    """
-    spec = TARGET_SOURCES[target]
-    if source not in spec.sources or source.endswith(".cu"):
-        raise InputError(f"{source} is not a host C++ source of target {target}")
-    includes, _, _ = _includes(Target(spec.sources[:0], ort=spec.ort, trt=spec.trt), log)
-    defines = [f"-D{d}" for d in spec.defines]
-    command = [host_compiler(), *CXX_FLAGS, "-fsyntax-only", *includes, *defines, str(csrc_dir() / source)]
-    _run(command, f"checking {source} ({target})")
 
 
 def _build_target(
@@ -527,13 +519,16 @@ def _build_target(
     spec = TARGET_SOURCES[target]
     src = csrc_dir()
     missing = [s for s in spec.sources if not (src / s).is_file()]
-    if missing:
+    if missing and (not compile_only or spec.sources[0] in missing):
         raise BackendError(
             f"target {target}: source {', '.join(missing)} is missing from {src} (another part of issue 13 "
             "writes it)"
         )
+    sources = [s for s in spec.sources if s not in missing]
+    if missing and log:  # compile-only: what calls into them links with those symbols unresolved
+        log(f"{target}: {', '.join(missing)} not in the tree: compile-only without it")
     cxx = host_compiler()
-    includes, toolchain, cuda = _includes(spec, log)
+    includes, toolchain, cuda = _includes(spec, sources, log)
     if cuda is not None:
         toolchain.append(f"archs {','.join(cuda_archs)}")
     defines = [f"-D{d}" for d in spec.defines]
@@ -541,10 +536,12 @@ def _build_target(
     if cuda_archs:  # PTX of the newest arch too, so newer GPUs JIT-compile it
         gencode.append(f"-gencode=arch=compute_{cuda_archs[-1]},code=compute_{cuda_archs[-1]}")
     link = [cxx, "-shared", "-Wl,-soname," + LIBRARIES[target]]
-    if spec.strict_link and not compile_only:
+    if not compile_only:  # every symbol resolved at link time (compile-only: the CUDA driver's may stay open)
         link.append("-Wl,--no-undefined")
+    if spec.version_script and (src / spec.version_script).is_file():
+        link.append(f"-Wl,--version-script={src / spec.version_script}")
     libs: list[str] = []
-    if cuda is not None:
+    if cuda is not None and any(s.endswith(".cu") for s in sources):  # the kernel calls the CUDA runtime
         libs += cuda.cudart_link_args()
         rpath = _installed_cudart_lib() or cuda.lib
         if rpath is not None:
@@ -562,7 +559,7 @@ def _build_target(
             *libs,
             *toolchain,
         ],
-        sorted(src.glob("*.h")) + [src / s for s in spec.sources],
+        sorted(src.glob("*.h")) + sorted(src.glob("*.map")) + [src / s for s in sources],
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     library = out_dir / LIBRARIES[target]
@@ -572,11 +569,11 @@ def _build_target(
             log(f"{target}: {library} is up to date")
         return library
     if log:
-        log(f"{target}: building {library.name} from {', '.join(spec.sources)}")
+        log(f"{target}: building {library.name} from {', '.join(sources)}")
     log_file = out_dir / f".{LIBRARIES[target]}.log"
     log_file.write_text("")
     objects = []
-    for source in spec.sources:
+    for source in sources:
         if source.endswith(".cu"):  # the same object for every target: the target's defines are host-only
             command = [
                 str(cuda.nvcc),

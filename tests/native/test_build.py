@@ -118,25 +118,24 @@ def test_header_overrides_are_checked(tmp_path, monkeypatch):
         build.ort_include_dir()
     monkeypatch.setenv(build.TRT_INCLUDE_ENV, str(tmp_path))
     with pytest.raises(InputError, match="no NvInfer.h"):
-        build.trt_include_dir()
-
-
-def test_the_cuda_registration_compiles_against_the_header_alone():
-    """ort_custom_ops.cc with -DSLAB_WITH_CUDA needs only sla_attention.h (the CUDA kernel is linked in from
-    sla_attention_cuda.cu): checked with the host compiler, no nvcc."""
-    build.syntax_check("ort-cuda", "ort_custom_ops.cc")
-    with pytest.raises(InputError, match="not a host C"):
-        build.syntax_check("ort-cuda", "sla_attention_cuda.cu")
+        build.tensorrt_include_dir()
 
 
 @pytest.mark.parametrize("target", ["ort-cuda", "torch-cuda", "trt"])
 def test_cuda_targets_compile_and_export_their_entry_points(target, tmp_path):
-    """Compile-only (headers; CUDA driver / TensorRT symbols left unresolved) for sm_87 and sm_90 with nvcc
-    from the CUDA wheels (cached in the toolchain folder), then `nm -D` for the entry points."""
-    missing = [s for s in build.TARGET_SOURCES[target].sources if not (csrc_dir() / s).is_file()]
-    if missing:
-        with pytest.raises(BackendError, match=f"source {', '.join(missing)} is missing"):
+    """Compile-only (headers; symbols of the CUDA driver, and of the shared kernel while its source is not in
+    the tree, left unresolved) for sm_87 and sm_90 with nvcc from the CUDA wheels (cached in the toolchain
+    folder), then `nm -D` for the entry points. ort-cuda without the kernel source still compiles its CUDA
+    registration against sla_attention.h."""
+    sources = build.TARGET_SOURCES[target].sources
+    if not (csrc_dir() / sources[0]).is_file():
+        with pytest.raises(BackendError, match=f"source {sources[0]}.* is missing"):
             build.build([target], out_dir=tmp_path, compile_only=True)
-        pytest.skip(f"{', '.join(missing)} not in this tree yet (another part of issue 13 writes it)")
+        pytest.skip(f"{sources[0]} not in this tree yet (another part of issue 13 writes it)")
     library = build.build([target], out_dir=tmp_path, cuda_archs=["87", "90"], compile_only=True)[target]
     assert set(build.ENTRY_POINTS[target]) <= build.exported_symbols(library)
+    if target == "trt":  # the version script exports the two entry points TensorRT looks up, nothing else
+        assert build.exported_symbols(library) == set(build.ENTRY_POINTS["trt"])
+    if not all((csrc_dir() / s).is_file() for s in sources):
+        with pytest.raises(BackendError, match="is missing"):  # a real build needs every source
+            build.build([target], out_dir=tmp_path / "full")

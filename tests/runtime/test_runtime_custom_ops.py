@@ -94,17 +94,16 @@ def test_an_explicit_library_is_used_whatever_the_model(files, ort_ops_library, 
         load(files["trt"], custom_op_library=tmp_path / "nope.so")
 
 
-def test_a_foreign_shared_library_is_one_line(files, tmp_path):
-    """A shared library without RegisterCustomOps (built here with the host compiler)."""
-    from slab_edge.native.build import host_compiler
-
-    (tmp_path / "other.c").write_text("int answer(void) { return 42; }\n")
-    foreign = tmp_path / "libother.so"
-    command = [host_compiler(), "-shared", "-fPIC", "-x", "c", str(tmp_path / "other.c"), "-o", str(foreign)]
-    subprocess.run(command, check=True)
-    with pytest.raises(BackendError, match="is not an ONNX Runtime custom-op library") as info:
-        load(files["trt"], custom_op_library=foreign)
-    assert "\n" not in str(info.value)
+def test_a_foreign_or_broken_library_is_one_line(files, plugin_libraries):
+    """A shared library without RegisterCustomOps, and a file that is no shared library at all."""
+    cases = [
+        (plugin_libraries.no_entry_points, "is not an ONNX Runtime custom-op library"),
+        (plugin_libraries.not_a_library, "ONNX Runtime cannot load the custom-op library"),
+    ]
+    for library, message in cases:
+        with pytest.raises(BackendError, match=message) as info:
+            load(files["trt"], custom_op_library=library)
+        assert "\n" not in str(info.value)
 
 
 class RecordingOptions:
