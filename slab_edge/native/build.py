@@ -22,8 +22,10 @@ environment when there is one) and checked against its SHA256:
     host compiler         $CXX, else g++
 A library is rebuilt only when a source, a header, a flag or the toolchain changed (a key beside it), and
 is written atomically. `compile_only` builds against the headers alone: it links without the CUDA driver
-or TensorRT libraries (their symbols stay unresolved) and writes to a separate folder, so CI without a GPU
-proves the code compiles and exports its entry points without ever installing an untested library.
+or TensorRT libraries (their symbols stay unresolved), and without a shared source another part of the
+project has not delivered yet (the CUDA kernel: what calls it stays unresolved too), and writes to a
+separate folder, so CI without a GPU proves the code compiles and exports its entry points without ever
+installing an untested library.
 """
 
 from __future__ import annotations
