@@ -104,3 +104,13 @@ def no_built_plugin(monkeypatch, tmp_path):
     empty.mkdir()
     monkeypatch.setenv(native.OPS_DIR_ENV, str(empty))
     monkeypatch.setattr(native, "default_build_dir", lambda: empty)
+
+
+@pytest.fixture(scope="session")
+def ort_ops_library():
+    """The slab ONNX Runtime custom-op library (CPU kernel) built from this tree's sources into the default
+    build folder, as `make venv` does (a no-op when it is up to date). A missing toolchain fails the test:
+    `make test` must be able to build it."""
+    from slab_edge.native.build import build
+
+    return build(["ort"])["ort"]

@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from slab_edge.commands._runtime_args import add_custom_op_library_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="export-lm folder (prefill.onnx + decode.onnx) or one of its .onnx")
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu | cuda | tensorrt")
+    add_custom_op_library_argument(parser)
     parser.add_argument("--no-echo", action="store_true", help="do not print the prompt before the output")
     parser.add_argument("--no-stop", action="store_true", help="keep going after an end-of-text token")
 
@@ -56,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
     sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     tokenizer = tokenizer_from_path(args.tokenizer) if args.tokenizer else None
 
-    with open_lm(args.model, tokenizer=tokenizer, threads=args.threads, provider=args.provider) as lm:
+    with open_lm(
+        args.model,
+        tokenizer=tokenizer,
+        threads=args.threads,
+        provider=args.provider,
+        custom_op_library=args.custom_op_library,
+    ) as lm:
         prompt_ids = lm.tokenizer.encode(prompt)
         if not prompt_ids:
             raise InputError("the prompt encodes to no tokens")

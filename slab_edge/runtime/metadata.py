@@ -29,6 +29,7 @@ KEYS: dict[str, tuple[bool, str]] = {
     "crop_pct": (True, "center-crop fraction used at evaluation"),
     "labels": (True, "list of class names, index = class id"),
     "dynamic_batch": (True, "true if the batch dimension is dynamic"),
+    "custom_ops": (False, "none | ort | trt: fused SLA nodes (ort: with a function body; trt: plugin only)"),
     # language models (issue 5)
     "tokenizer": (False, "byte | bpe:<file name beside the model>"),
     "state_layout": (True, "list of {name, shape, dtype} of the recurrent-state inputs/outputs per layer"),
@@ -104,14 +105,17 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 
 def read_metadata_props(onnx_path: str | os.PathLike) -> dict[str, str]:
-    """An ONNX file's metadata_props verbatim (with the `onnx` package when installed, else ONNX Runtime)."""
+    """An ONNX file's metadata_props verbatim (with the `onnx` package when installed, else from the file's
+    header: slab_edge.runtime.onnx_header, which needs no backend, so no custom-op library either)."""
     try:
         import onnx
     except ImportError:
-        import onnxruntime
+        from slab_edge.runtime.onnx_header import read_onnx_header
 
-        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        return dict(session.get_modelmeta().custom_metadata_map)
+        try:
+            return read_onnx_header(onnx_path).metadata
+        except ValueError as err:
+            raise ValueError(f"{onnx_path} is not an ONNX model ({err})") from None
     model = onnx.load(str(onnx_path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 

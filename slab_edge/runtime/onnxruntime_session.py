@@ -1,4 +1,5 @@
-"""ONNX Runtime session: CPU, CUDA or TensorRT execution provider, thread count, optimization level."""
+"""ONNX Runtime session: CPU, CUDA or TensorRT execution provider, thread count, optimization level, and the
+slab custom-op library for models with fused SLA nodes (slab_edge.runtime.custom_ops)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,8 @@ class OnnxRuntimeSession(Session):
         inter_op_threads: inter-op thread count (None = default).
         graph_optimization: "disable" | "basic" | "extended" | "all" (default "all").
         session_options: a prepared onnxruntime.SessionOptions (threads/graph_optimization then ignored).
+        custom_op_library: the slab custom-op library to register (default: the built one, when the model
+            holds fused SLA nodes); `self.custom_op_library` says which one the session uses (or None).
     """
 
     backend = "onnxruntime"
@@ -135,6 +138,7 @@ class OnnxRuntimeSession(Session):
         inter_op_threads: int | None = None,
         graph_optimization: str = "all",
         session_options: Any = None,
+        custom_op_library: str | os.PathLike | None = None,
         **unknown: Any,
     ):
         super().__init__(path)
@@ -143,6 +147,9 @@ class OnnxRuntimeSession(Session):
         ort = import_onnxruntime()
         providers = resolve_providers(provider, ort.get_available_providers())
         options = session_options or self._session_options(ort, threads, inter_op_threads, graph_optimization)
+        from slab_edge.runtime.custom_ops import prepare_session_options
+
+        self.custom_op_library = prepare_session_options(options, self.path, providers, custom_op_library)
         provider_list: list[Any] = list(providers)
         if provider_options:
             provider_list[0] = (providers[0], dict(provider_options))

@@ -102,8 +102,9 @@ def test_ort_gpu_pipeline_on_cpu(tmp_path):
     assert results["fp32"]["bs1"]["max_abs_err"] <= 1e-4 and results["fp32"]["bs1"]["top1_agree"] == 1.0
 
 
-def test_vision_suite_smoke(tmp_path):
-    """bench/vision_suite.py --smoke: one-block models at 224/256, export, torch-free timing, plot, JSON."""
+def test_vision_suite_smoke(tmp_path, ort_ops_library):
+    """bench/vision_suite.py --smoke: one-block models at 224/256, export, torch-free timing, plot, JSON; the
+    custom-op row (issue 13) at 224 with the built slab library."""
     out = tmp_path / "vision"
     proc = run("vision_suite.py", "--smoke", "--out", str(out))
     results = json.loads((out / "results.json").read_text())
@@ -114,6 +115,9 @@ def test_vision_suite_smoke(tmp_path):
     assert row["slab"]["iters"] == row["deit"]["iters"] == 2 and row["latency_ratio_p50"] > 0
     assert 0 < row["flop_ratio"] < 1  # SLA's counted FLOPs below softmax attention's at 224
     assert {"slab", "deit", "gemm_ceiling_gflops"} <= set(results["gflops_bs8_224"])
+    (custom,) = results["custom_ops"]["resolution"]
+    assert custom["img_size"] == 224 and custom["custom"]["custom_op_library"] == str(ort_ops_library)
+    assert custom["standard"]["custom_op_library"] is None and custom["custom_vs_deit_p50"] > 0
 
 
 def test_lm_decode_torch_smoke_on_cpu(tmp_path):
