@@ -58,8 +58,15 @@ VARIANTS = ("eager", "static", "graph", "compile", "compile+graph", "reduce-over
 CUDA_VARIANTS = ("graph", "compile+graph", "reduce-overhead")
 COMPILED_VARIANTS = ("compile", "compile+graph", "reduce-overhead")
 NORMS = ("rmsnorm", "prepbn")
-#: blockwise fold parity (max relative error), by the dtype the blocks run in
-FOLD_TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2}
+#: fold parity (max relative error) by check and dtype: blockwise (each block on its own inputs), and the
+#: whole model's logits (bf16: 18 layers of bf16 rounding in two differently rounded models; 350m GLA
+#: measured 4.8e-2 on the CPU, a dropped fold term gives O(1))
+FOLD_TOLERANCE = {
+    ("fold_rel_err", "fp32"): 1e-5,
+    ("fold_rel_err", "bf16"): 3e-2,
+    ("fold_logits_rel_err", "fp32"): 1e-5,
+    ("fold_logits_rel_err", "bf16"): 1e-1,
+}
 GOAL_TOKENS_PER_S = 2000
 GOAL_PREPBN_RATIO = 1.1
 
@@ -105,7 +112,7 @@ class Decode:
                     logits, state = self.model.step(token, state)
                 else:
                     logits = self.decoder.step(token)
-                out_logits.append(logits.float())
+                out_logits.append(logits.to(torch.float32, copy=True))  # a graph reuses its output buffer
                 token = logits.argmax(-1) if forced is None else forced[i]
                 out_tokens.append(token)
         return torch.stack(out_tokens), torch.stack(out_logits)
@@ -125,6 +132,24 @@ def greedy_agreement(session: Decode, reference: tuple, feed: dict, tokens: int)
     }
 
 
+def scale_residual_projections(model):
+    """In place: the Linears that write into the residual stream (mixer output, MLP down) scaled by
+    1 / sqrt(2 L), GPT-2's init. Decode speed does not depend on the values; what they buy is a PRepBN model
+    with random BatchNorm statistics whose logits stay finite (at init std 0.02 and width 1024 each block
+    would add as much as it reads, and the stream overflows within 18 layers), so the greedy and
+    whole-model checks below compare numbers instead of NaN."""
+    import math
+
+    import torch
+
+    scale = 1 / math.sqrt(2 * model.config.num_layers)
+    with torch.no_grad():
+        for block in model.layers:
+            for linear in (block.attn.output_linear, block.mlp.down_proj):
+                linear.weight.mul_(scale)
+    return model
+
+
 def build_models(size: str, attention: str, device, dtype) -> dict[str, Any]:
     """{"models": {norm: model on device}, fold parity fields}: RMSNorm and folded PRepBN, eval mode.
 
@@ -142,7 +167,7 @@ def build_models(size: str, attention: str, device, dtype) -> dict[str, Any]:
     for norm in NORMS:
         torch.manual_seed(0)
         model = create_slab_lm(size, attention=attention, attention_pattern=pattern or None, norm=norm)
-        models.append(model.eval())
+        models.append(scale_residual_projections(model.eval()))
     unfolded = randomize_norm_statistics(models[1])  # non-trivial statistics: the fold does real work
     folded = reparameterize_model(unfolded)
     out = fold_parity(unfolded, folded, device, dtype)
@@ -207,21 +232,39 @@ def measure(built: dict, variants: list[str], args, device, dtype) -> dict[str, 
 
 
 def fold_parity(unfolded, folded, device, dtype) -> dict[str, Any]:
-    """Blockwise fold parity on the CPU in fp32, then on `device` in `dtype` (autocast), with tolerances."""
+    """Fold parity, with tolerances: blockwise (every block and the head on the same N(0, 1) inputs) and
+    whole-model logits on a random prompt, max relative error each, on the CPU in fp32 and then on `device`
+    in `dtype` (autocast)."""
     import torch
 
     from slab_edge.models.slab_lm import blockwise_fold_parity
 
-    out = {"fold_rel_err_cpu_fp32": blockwise_fold_parity(unfolded, folded)}
+    prompt = torch.randint(0, unfolded.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(2))
+
+    def measure(suffix: str) -> dict[str, float]:
+        with torch.no_grad():
+            reference, candidate = unfolded(prompt.to(device)).float(), folded(prompt.to(device)).float()
+        logits = float((reference - candidate).abs().max() / reference.abs().max())  # NaN stays NaN
+        return {
+            f"fold_rel_err_{suffix}": blockwise_fold_parity(unfolded, folded),
+            f"fold_logits_rel_err_{suffix}": logits,
+        }
+
+    saved_device, device = device, torch.device("cpu")
+    out = measure("cpu_fp32")
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
-    key = f"fold_rel_err_{device.type}_{name}"
+    key = f"fold_rel_err_{saved_device.type}_{name}"
     if key not in out:  # the timing setting differs from the CPU fp32 check: measure it there too
+        device = saved_device
         unfolded, folded = unfolded.to(device), folded.to(device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out[key] = blockwise_fold_parity(unfolded, folded)
+            out.update(measure(f"{device.type}_{name}"))
         unfolded.cpu(), folded.cpu()
-    out["fold_ok"] = (
-        out["fold_rel_err_cpu_fp32"] <= FOLD_TOLERANCE["fp32"] and out[key] <= FOLD_TOLERANCE[name]
+    settings = {"cpu_fp32": "fp32", f"{saved_device.type}_{name}": name}
+    out["fold_ok"] = all(  # NaN compares False: a non-finite parity fails
+        out[f"{kind}_{suffix}"] <= FOLD_TOLERANCE[kind, dtype_name]
+        for suffix, dtype_name in settings.items()
+        for kind in ("fold_rel_err", "fold_logits_rel_err")
     )
     return out
 
@@ -232,8 +275,10 @@ def print_row(r: dict, parity_key: str, args) -> None:
         f"{r['weight_bytes']['rmsnorm'] / 1e6:,.1f} MB "
         f"(RMSNorm) / {r['weight_bytes']['prepbn'] / 1e6:,.1f} MB (PRepBN folded) -> HBM ceiling "
         f"{r['ceiling_tokens_per_s']['rmsnorm']:,.0f} / {r['ceiling_tokens_per_s']['prepbn']:,.0f} tokens/s "
-        f"at {args.hbm_tbps} TB/s; fold rel. err cpu fp32 {r['fold_rel_err_cpu_fp32']:.1e}, "
-        f"{parity_key[13:]} {r[parity_key]:.1e} {'ok' if r['fold_ok'] else 'FAIL'}"
+        f"at {args.hbm_tbps} TB/s; fold rel. err (blockwise / logits) cpu fp32 "
+        f"{r['fold_rel_err_cpu_fp32']:.1e} / {r['fold_logits_rel_err_cpu_fp32']:.1e}, {parity_key[13:]} "
+        f"{r[parity_key]:.1e} / {r['fold_logits_rel_err_' + parity_key[13:]]:.1e} "
+        f"{'ok' if r['fold_ok'] else 'FAIL'}"
     )
     print(
         f"  {'variant':<16} {'RMSNorm tok/s':>14} {'PRepBN tok/s':>12} {'PRepBN/RMSNorm':>15} "

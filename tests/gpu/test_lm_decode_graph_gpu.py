@@ -67,7 +67,7 @@ def static_logits_along(decoder, model, ids, tokens):
     decoder.start(state, ids.shape[1])
     out = [logits[:, -1].float()]
     for i in range(tokens.shape[1] - 1):
-        out.append(decoder.step(tokens[:, i]).float())
+        out.append(decoder.step(tokens[:, i]).to(torch.float32, copy=True))  # the graph reuses its output
     return torch.stack(out)
 
 
