@@ -42,6 +42,8 @@ from slab_edge.runtime.generate import BATCH_DIM, DECODE_FILE, INPUT_IDS, LOGITS
 __all__ = ["LMExportReport", "export_lm", "lm_state_layout", "prepare_lm"]
 
 DEFAULT_OPSET = 18
+#: export-lm --format: slab-edge's two-graph folder, or an onnxruntime-genai folder
+EXPORT_FORMATS = ("slab", "genai")
 #: ORT vs PyTorch logits, fp32, absolute (also the brief's step-logit goal)
 LOGIT_TOLERANCE = 1e-4
 #: metadata tokenizer of graphs exported without one (decode benchmarks of random models)
@@ -64,21 +66,33 @@ class LMExportReport:
     state_bytes: int = 0  #: the decode state of one sequence (at past_len 0 for a KV cache)
     nodes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    genai_max_abs: float | None = None  #: onnxruntime-genai's logits along its greedy loop (genai format)
+    greedy_note: str = ""  #: why greedy tokens were not compared, when they were not
+    files: list[str] = field(default_factory=list)  #: the files written into `folder`
 
     def lines(self) -> list[str]:
         fold = (
             "nothing to fold (RMSNorm)" if self.fold_max_abs is None else f"max|diff| {self.fold_max_abs:.2e}"
         )
         same, total = self.greedy_match
-        return [
+        runner = "onnxruntime-genai" if self.genai_max_abs is not None else "the torch-free runtime"
+        greedy = self.greedy_note or f"{same}/{total} tokens identical to PyTorch generate() ({runner})"
+        lines = [
             f"folding (PyTorch, folded vs unfolded logits): {fold}",
             f"prefill (ORT vs PyTorch): logits max|diff| {self.prefill_max_abs:.2e}, "
             f"state max|diff| {self.state_max_abs:.2e}",
             f"decode steps (ORT vs PyTorch): logits max|diff| {self.step_max_abs:.2e} "
             f"(tol {LOGIT_TOLERANCE:.0e})",
-            f"greedy generation: {same}/{total} tokens identical to PyTorch generate()",
-            f"state per sequence: {self.state_bytes:,} bytes; nodes: prefill {self.nodes.get('prefill', 0)}, "
-            f"decode {self.nodes.get('decode', 0)}",
+        ]
+        if self.genai_max_abs is not None:
+            lines.append(
+                f"onnxruntime-genai greedy loop vs PyTorch: logits max|diff| {self.genai_max_abs:.2e}"
+            )
+        nodes = ", ".join(f"{name} {count}" for name, count in self.nodes.items())
+        return [
+            *lines,
+            f"greedy generation: {greedy}",
+            f"state per sequence: {self.state_bytes:,} bytes; nodes: {nodes}",
         ]
 
 
@@ -282,7 +296,7 @@ def _parity(
 
 
 def _check_parity(report: LMExportReport) -> None:
-    worst = max(report.prefill_max_abs, report.step_max_abs)
+    worst = max(report.prefill_max_abs, report.step_max_abs, report.genai_max_abs or 0.0)
     if not worst <= LOGIT_TOLERANCE:  # also catches NaN
         raise BackendError(
             f"ONNX Runtime disagrees with PyTorch: logits max|diff| {worst:.2e} > {LOGIT_TOLERANCE:.0e} "
@@ -305,8 +319,11 @@ def export_lm(
     save_folded: str | os.PathLike | None = None,
     meta: dict[str, Any] | None = None,
     graphs: tuple[str, ...] = ("prefill", "decode"),
+    format: str = "slab",
 ) -> LMExportReport:
     """Fold and export a SLAB-LM to `output`/prefill.onnx + decode.onnx (+ tokenizer.json for BPE).
+
+    format "genai" writes an onnxruntime-genai folder instead (slab_edge.export.lm_genai).
 
     Args:
         source: a train-lm run folder, model.safetensors, checkpoint manifest, or a SlabLM module.
@@ -320,12 +337,16 @@ def export_lm(
         meta: metadata of a module `source` (tokenizer spec, size, attention, norm); files carry their own.
             tokenizer "none" exports graphs without a tokenizer (benchmarks; no parity check).
         graphs: which graphs to write ("prefill", "decode"); benchmarks of decoding need only "decode".
+        format: "slab" (prefill + decode graphs for slab_edge.runtime) | "genai" (one graph,
+            genai_config.json and Hugging Face tokenizer files for onnxruntime-genai; `graphs` is ignored).
     """
     from slab_edge import __version__
     from slab_edge.data.text_tokenizer import ByteTokenizer, load_tokenizer
 
     if opset < 17:
         raise InputError(f"opset {opset} is too old: slab-edge exports need opset >= 17")
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     unknown = sorted(set(graphs) - {"prefill", "decode"})
     if unknown or not graphs:
         raise InputError(f"graphs must be a non-empty subset of prefill, decode; got {list(graphs)}")
@@ -364,6 +385,19 @@ def export_lm(
         "vocab_size": int(cfg.vocab_size),
         "dynamic_batch": True,
     }
+    if format == "genai":
+        from slab_edge.export.lm_genai import export_lm_genai
+
+        report = LMExportReport(folder=folder, metadata=common, fold_max_abs=fold_diff)
+        report.seconds = time.perf_counter() - start
+        export_lm_genai(
+            folded, folder, common, tokenizer, report, opset, simplify, parity, parity_tokens, threads
+        )
+        if save_folded is not None:
+            from slab_edge.train.checkpoint import write_safetensors
+
+            write_safetensors(save_folded, folded.state_dict(), {**meta, "deploy": True, "folded": True})
+        return report
     protos = {}
     if "prefill" in graphs:
         proto = _export_graph(_PrefillGraph(folded), _example_inputs(folded, 2, 70, 3), layout, True, opset)
@@ -380,6 +414,10 @@ def export_lm(
     check_writable_dir(folder)
     report = LMExportReport(folder=folder, metadata=common, fold_max_abs=fold_diff)
     report.nodes = {file.split(".")[0]: len(proto.graph.node) for file, proto in protos.items()}
+    report.files = [
+        *protos,
+        *([tokenizer.file_name] if tokenizer is not None and tokenizer.kind == "bpe" else []),
+    ]
     import onnx
 
     # every file is written under a temp name, checked, and renamed only when all of them are good

@@ -16,7 +16,7 @@ PREFIX = "slab_edge."
 
 #: key -> (JSON-encoded?, meaning)
 KEYS: dict[str, tuple[bool, str]] = {
-    "task": (False, "classification | lm-prefill | lm-decode"),
+    "task": (False, "classification | lm-prefill | lm-decode | lm-genai (one graph for onnxruntime-genai)"),
     "model": (False, "registered model name, e.g. slab_deit_tiny_patch16_224"),
     "version": (False, "slab-edge version that exported the file"),
     "folded": (True, "true if every foldable norm was folded before export"),
@@ -34,6 +34,10 @@ KEYS: dict[str, tuple[bool, str]] = {
     "state_layout": (True, "list of {name, shape, dtype} of the recurrent-state inputs/outputs per layer"),
     "max_prompt_len": (True, "longest prompt the prefill graph accepts (null = any)"),
     "vocab_size": (True, "vocabulary size"),
+    "tokenizer_sha256": (
+        False,
+        "digest of the tokenizer.json beside a genai export (slab_edge.runtime.genai)",
+    ),
 }
 
 SIDECAR_SUFFIX = ".json"
