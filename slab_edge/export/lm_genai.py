@@ -29,24 +29,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from slab_edge.data.text_tokenizer import BPE_PREFIX, BYTE_SPEC
 from slab_edge.errors import BackendError, InputError
+from slab_edge.export.lm import LMExportReport, _check_parity, _example_inputs, _export_graph, _finish
+from slab_edge.io import check_writable_dir, staged_folder
 from slab_edge.runtime.genai import (
     BYTE_EOS_ID,
     GENAI_CONFIG,
     GENAI_MODEL_FILE,
-    GENAI_MODEL_TYPE,
     GENAI_TASK,
     STATE_NAMES,
-    TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     check_genai_folder,
     check_genai_layout,
+    genai_config,
     import_genai,
     tokenizer_digest,
+    tokenizer_files,
 )
 from slab_edge.runtime.generate import BATCH_DIM, PAST_DIM, StateSpec
 
-__all__ = ["GenaiStateMap", "export_lm_genai", "genai_config", "genai_state_layout", "genai_state_maps"]
+__all__ = ["GenaiStateMap", "export_lm_genai", "genai_state_layout", "genai_state_maps"]
 
 State = tuple[torch.Tensor, ...]
 #: shape of the conv_state placeholder of linear layers that have no conv (GLA)
@@ -161,87 +164,10 @@ class _GenaiGraph(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# config and tokenizer files
-
-
-def genai_config(model: nn.Module, layout: list[dict[str, Any]], eos_token_id: int) -> dict[str, Any]:
-    """genai_config.json for the graph: names of every state kind present, shapes genai does not read."""
-    cfg = model.config
-    kinds = {e["name"] for e in layout}
-    inputs: dict[str, str] = {"input_ids": "input_ids"}
-    outputs: dict[str, str] = {"logits": "logits"}
-    for kind in STATE_NAMES:
-        if kind in kinds:
-            in_key, out_key, past, present = STATE_NAMES[kind]
-            inputs[in_key], outputs[out_key] = past, present
-    # heads / head size: of the KV cache where there is one, else of the first linear layer's state
-    kv = next((e for e in layout if e["name"] == "key"), None)
-    ref = kv or next(e for e in layout if e["name"] == "recurrent_state")
-    heads, head_size = int(ref["shape"][1]), int(ref["shape"][-1] if kv else ref["shape"][2])
-    return {
-        "model": {
-            "type": GENAI_MODEL_TYPE,
-            "vocab_size": int(cfg.vocab_size),
-            "context_length": int(cfg.context_length),
-            "bos_token_id": eos_token_id,
-            "eos_token_id": eos_token_id,
-            "pad_token_id": eos_token_id,
-            "decoder": {
-                "filename": GENAI_MODEL_FILE,
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
-                "hidden_size": int(cfg.dim),
-                "num_hidden_layers": len(model.layers),
-                "num_attention_heads": heads,
-                "num_key_value_heads": heads,
-                "head_size": head_size,
-                "inputs": inputs,
-                "outputs": outputs,
-            },
-        },
-        "search": {
-            "do_sample": False,
-            "num_beams": 1,
-            "num_return_sequences": 1,
-            "max_length": int(cfg.context_length),
-            "min_length": 0,
-            "temperature": 1.0,
-            "top_k": 50,
-            "top_p": 1.0,
-            "repetition_penalty": 1.0,
-            "length_penalty": 1.0,
-            "no_repeat_ngram_size": 0,
-            "diversity_penalty": 0.0,
-            "early_stopping": True,
-            # genai would alias past and present linear-layer state: see slab_edge.runtime.genai
-            "past_present_share_buffer": False,
-        },
-    }
-
-
-def tokenizer_files(tokenizer, context_length: int) -> dict[str, str]:
-    """{file name: text} of the Hugging Face tokenizer files genai reads, and the EOS id it stops at."""
-    special = {}
-    if tokenizer.kind == "bpe":
-        from slab_edge.data.text_tokenizer import EOS_TOKEN
-
-        special = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN}
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": int(context_length),
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False,
-        **special,
-    }
-    return {TOKENIZER_FILE: tokenizer.to_json(), TOKENIZER_CONFIG_FILE: json.dumps(config, indent=2) + "\n"}
-
-
-# ---------------------------------------------------------------------------------------------------------
 # parity
 
 
-def _ort_parity(model: nn.Module, graph: Path, report, threads: int | None) -> None:
+def _ort_parity(model: nn.Module, graph: Path, report: LMExportReport, threads: int | None) -> None:
     """Prompt logits + state and 16 decode steps of the genai graph on plain ONNX Runtime vs PyTorch."""
     from slab_edge.runtime.onnxruntime_session import OnnxRuntimeSession
 
@@ -276,7 +202,9 @@ def _ort_parity(model: nn.Module, graph: Path, report, threads: int | None) -> N
         report.step_max_abs = worst
 
 
-def _genai_parity(model: nn.Module, folder: Path, eos_token_id: int, report, parity_tokens: int) -> None:
+def _genai_parity(
+    model: nn.Module, folder: Path, eos_token_id: int, report: LMExportReport, parity_tokens: int
+) -> None:
     """onnxruntime-genai's own greedy loop vs PyTorch: its logits at every step and its tokens."""
     og = import_genai()
     prompt = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
@@ -315,7 +243,7 @@ def export_lm_genai(
     folder: Path,
     common: dict[str, Any],
     tokenizer,
-    report,
+    report: LMExportReport,
     opset: int,
     simplify: bool = True,
     parity: bool = True,
@@ -332,17 +260,16 @@ def export_lm_genai(
         report: export_lm's LMExportReport, filled in here.
         opset, simplify, parity, parity_tokens, threads: as export_lm.
     """
-    from slab_edge.export.lm import _example_inputs, _export_graph, _finish
-    from slab_edge.io import check_writable_dir, staged_folder
-
     start = time.perf_counter()
     layout = genai_state_layout(folded)
     eos = BYTE_EOS_ID if tokenizer is None or tokenizer.eos_id is None else int(tokenizer.eos_id)
-    files = {GENAI_CONFIG: json.dumps(genai_config(folded, layout, eos), indent=2) + "\n"}
+    cfg = folded.config
+    config = genai_config(layout, cfg.vocab_size, cfg.dim, cfg.context_length, eos)
+    files = {GENAI_CONFIG: json.dumps(config, indent=2) + "\n"}
     meta = {**common, "task": GENAI_TASK, "state_layout": layout, "max_prompt_len": None}
     if tokenizer is not None:
-        files.update(tokenizer_files(tokenizer, folded.config.context_length))
-        meta["tokenizer"] = "byte" if tokenizer.kind == "byte" else f"bpe:{TOKENIZER_FILE}"
+        files.update(tokenizer_files(tokenizer, cfg.context_length))
+        meta["tokenizer"] = BYTE_SPEC if tokenizer.kind == "byte" else BPE_PREFIX + TOKENIZER_FILE
         meta["tokenizer_sha256"] = tokenizer_digest(files[TOKENIZER_FILE])
     example = _example_inputs(folded, 2, 70, 3)
     example = (example[0], *_genai_state(folded, genai_state_maps(folded), example[1:]))
@@ -370,8 +297,6 @@ def export_lm_genai(
                 else:
                     _genai_parity(folded, stage, eos, report, parity_tokens)
             if parity:
-                from slab_edge.export.lm import _check_parity
-
                 _check_parity(report)
     except BaseException:
         if created and folder.is_dir() and not any(folder.iterdir()):

@@ -137,6 +137,83 @@ def tokenizer_digest(tokenizer_json: str | Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The folder's JSON files
+
+
+def genai_config(
+    layout: list[dict[str, Any]], vocab_size: int, hidden_size: int, context_length: int, eos_token_id: int
+) -> dict[str, Any]:
+    """genai_config.json of a graph with this ``state_layout``: the names of every state kind it has.
+
+    Heads and head size are informational (genai reads every shape from the graph): the KV cache's where
+    there is one, else the first linear layer's recurrent_state [B, H, d_k, ...].
+    """
+    kinds = {e["name"] for e in layout}
+    inputs: dict[str, str] = {"input_ids": INPUT_IDS}
+    outputs: dict[str, str] = {"logits": LOGITS}
+    for kind, (in_key, out_key, past, present) in STATE_NAMES.items():
+        if kind in kinds:
+            inputs[in_key], outputs[out_key] = past, present
+    kv = next((e for e in layout if e["name"] == "key"), None)
+    ref = kv or next(e for e in layout if e["name"] == "recurrent_state")
+    heads, head_size = int(ref["shape"][1]), int(ref["shape"][3] if kv else ref["shape"][2])
+    return {
+        "model": {
+            "type": GENAI_MODEL_TYPE,
+            "vocab_size": int(vocab_size),
+            "context_length": int(context_length),
+            "bos_token_id": int(eos_token_id),
+            "eos_token_id": int(eos_token_id),
+            "pad_token_id": int(eos_token_id),
+            "decoder": {
+                "filename": GENAI_MODEL_FILE,
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "hidden_size": int(hidden_size),
+                "num_hidden_layers": max(e["layer"] for e in layout) + 1,
+                "num_attention_heads": heads,
+                "num_key_value_heads": heads,
+                "head_size": head_size,
+                "inputs": inputs,
+                "outputs": outputs,
+            },
+        },
+        "search": {
+            "do_sample": False,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "max_length": int(context_length),
+            "min_length": 0,
+            "temperature": 1.0,
+            "top_k": 50,
+            "top_p": 1.0,
+            "repetition_penalty": 1.0,
+            "length_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
+            "diversity_penalty": 0.0,
+            "early_stopping": True,
+            "past_present_share_buffer": False,  # see the module docstring
+        },
+    }
+
+
+def tokenizer_files(tokenizer: Tokenizer, context_length: int) -> dict[str, str]:
+    """{file name: text}: the tokenizer as the Hugging Face tokenizer.json + tokenizer_config.json."""
+    special = {}
+    if tokenizer.kind == "bpe":
+        special = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # the generic class of a tokenizer.json
+        "model_max_length": int(context_length),
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        **special,
+    }
+    return {TOKENIZER_FILE: tokenizer.to_json(), TOKENIZER_CONFIG_FILE: json.dumps(config, indent=2) + "\n"}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The folder check
 
 
