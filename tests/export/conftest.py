@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _export_helpers import build_reduced, reduced_kwargs
+from _lm_helpers import Exports
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,3 +39,15 @@ class ZooExports:
 @pytest.fixture(scope="session")
 def zoo_exports(tmp_path_factory) -> ZooExports:
     return ZooExports(tmp_path_factory.mktemp("zoo_onnx"))
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory) -> Exports:
+    """export-lm folders of the tiny LM variants, shared by the slab and genai export tests."""
+    return Exports(tmp_path_factory.mktemp("lm_exports"))
+
+
+@pytest.fixture(scope="session")
+def genai_exports(tmp_path_factory) -> Exports:
+    """export-lm --format genai folders of the tiny LM variants."""
+    return Exports(tmp_path_factory.mktemp("lm_genai"), format="genai")

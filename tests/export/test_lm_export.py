@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _lm_helpers import VARIANTS
 
 from slab_edge import cli
 from slab_edge.data.text_tokenizer import train_bpe
@@ -13,44 +14,6 @@ from slab_edge.errors import InputError
 from slab_edge.export.lm import LOGIT_TOLERANCE, export_lm
 from slab_edge.models.slab_lm import create_slab_lm, fold_lm
 from slab_edge.runtime.generate import open_lm
-
-VARIANTS = [("sla", "prepbn"), ("gla", "prepbn"), ("softmax", "rmsnorm")]
-
-
-def tiny_lm(attention: str, norm: str, seed: int = 0):
-    """The tiny config with weights large enough for clear greedy margins and random BN statistics."""
-    torch.manual_seed(seed)
-    model = create_slab_lm("tiny", attention=attention, norm=norm, init_std=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):  # default statistics (0, 1) would hide fold bugs
-                module.running_mean.normal_(0.0, 0.5, generator=gen)
-                module.running_var.uniform_(0.5, 2.0, generator=gen)
-                module.weight.normal_(1.0, 0.3, generator=gen)
-                module.bias.normal_(0.0, 0.3, generator=gen)
-            if type(module).__name__ == "RepBN":
-                module.alpha.fill_(0.7)
-    return model.eval()
-
-
-class Exports:
-    def __init__(self, folder):
-        self.folder, self.done = folder, {}
-
-    def get(self, attention: str, norm: str):
-        key = (attention, norm)
-        if key not in self.done:
-            model = tiny_lm(attention, norm)
-            out = self.folder / f"{attention}-{norm}"
-            report = export_lm(model, out, meta={"tokenizer": "byte", "size": "tiny"}, threads=1)
-            self.done[key] = (model, report, out)
-        return self.done[key]
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    return Exports(tmp_path_factory.mktemp("lm_exports"))
 
 
 @pytest.mark.parametrize("attention, norm", VARIANTS)
