@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 
+from slab_edge import cli
 from slab_edge.export.lm import export_lm
 from slab_edge.models.slab_lm import create_slab_lm
 
@@ -42,3 +46,19 @@ class Exports:
             report = export_lm(model, out, meta=meta, threads=1, format=self.format)
             self.done[key] = (model, report, out)
         return self.done[key]
+
+
+def train_and_export_bpe_run(run) -> str:
+    """`slab-edge train-lm` a 1-layer SLA + PRepBN model with a 300-token BPE for 2 steps into `run`, then
+    `slab-edge export-lm` it to run/onnx; returns what export-lm printed."""
+    tiny = "model_kwargs={dim: 32, num_layers: 1, num_heads: 2, ffn_dim: 64}"
+    train = (
+        f"train-lm --output {run} --steps 2 --seq-len 32 --batch-size 2 --max-corpus-bytes 60000 "
+        "--val-fraction 0.2 --tokenizer bpe --bpe-vocab 300 --attention sla --norm prepbn "
+        "--final-eval-tokens 512 --no-progress --threads 1 --set"
+    ).split() + [tiny]
+    assert cli.main(train) == 0
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert cli.main(["export-lm", str(run), "--threads", "1", "--parity-tokens", "16"]) == 0
+    return log.getvalue()

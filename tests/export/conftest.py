@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _export_helpers import build_reduced, reduced_kwargs
-from _lm_helpers import Exports
+from _lm_helpers import Exports, train_and_export_bpe_run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,3 +51,10 @@ def exports(tmp_path_factory) -> Exports:
 def genai_exports(tmp_path_factory) -> Exports:
     """export-lm --format genai folders of the tiny LM variants."""
     return Exports(tmp_path_factory.mktemp("lm_genai"), format="genai")
+
+
+@pytest.fixture(scope="session")
+def bpe_run(tmp_path_factory):
+    """(run folder, export-lm's log) of a tiny BPE model trained and exported through the CLI."""
+    run = tmp_path_factory.mktemp("bpe_lm") / "run"
+    return run, train_and_export_bpe_run(run)

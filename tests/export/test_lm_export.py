@@ -94,17 +94,8 @@ def test_export_with_a_missing_tokenizer_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-def test_cli_train_export_generate_with_a_bpe_tokenizer(tmp_path, capsys):
-    run = tmp_path / "run"
-    tiny = "model_kwargs={dim: 32, num_layers: 1, num_heads: 2, ffn_dim: 64}"
-    train = (
-        f"train-lm --output {run} --steps 2 --seq-len 32 --batch-size 2 --max-corpus-bytes 60000 "
-        "--val-fraction 0.2 --tokenizer bpe --bpe-vocab 300 --attention sla --norm prepbn "
-        "--final-eval-tokens 512 --no-progress --threads 1 --set"
-    ).split() + [tiny]
-    assert cli.main(train) == 0
-    assert cli.main(["export-lm", str(run), "--threads", "1", "--parity-tokens", "16"]) == 0
-    log = capsys.readouterr().out
+def test_cli_train_export_generate_with_a_bpe_tokenizer(bpe_run, capsys):
+    run, log = bpe_run
     assert "16/16 tokens identical" in log
     assert (run / "onnx" / "tokenizer.json").is_file()
     argv = [

@@ -196,16 +196,8 @@ def test_genai_reads_our_byte_tokenizer_exactly(genai_exports):
     assert list(tokenizer.eos_token_ids) == [BYTE_EOS_ID]
 
 
-def test_cli_exports_a_bpe_model_for_genai_and_refuses_a_mismatched_tokenizer(tmp_path, capsys):
-    run = tmp_path / "run"
-    tiny = "model_kwargs={dim: 32, num_layers: 1, num_heads: 2, ffn_dim: 64}"
-    train = (
-        f"train-lm --output {run} --steps 2 --seq-len 32 --batch-size 2 --max-corpus-bytes 60000 "
-        "--val-fraction 0.2 --tokenizer bpe --bpe-vocab 300 --attention sla --norm prepbn "
-        "--final-eval-tokens 512 --no-progress --threads 1 --set"
-    ).split() + [tiny]
-    assert cli.main(train) == 0
-    assert cli.main(["export-lm", str(run), "--threads", "1", "--parity-tokens", "16"]) == 0
+def test_cli_exports_a_bpe_model_for_genai_and_refuses_a_mismatched_tokenizer(bpe_run, tmp_path, capsys):
+    run, _ = bpe_run
     assert (
         cli.main(["export-lm", str(run), "--format", "genai", "--threads", "1", "--parity-tokens", "16"]) == 0
     )

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import onnx
 import pytest
 from lm_toy import VOCAB, genai_state_layout, make_toy_genai, reference_logits
+from runtime_helpers import run_blocked
 
 from slab_edge import cli
 from slab_edge.data.text_tokenizer import ByteTokenizer, train_bpe
@@ -213,18 +212,11 @@ def test_missing_onnxruntime_genai_says_how_to_install(toy_genai, monkeypatch):
 
 
 def test_genai_folder_generates_without_torch(toy_genai, needs_genai):
-    code = textwrap.dedent(
+    proc = run_blocked(
         f"""
-        import importlib.abc, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked")
-        sys.meta_path.insert(0, Block())
         from slab_edge import cli
         sys.exit(cli.main(["generate", {str(toy_genai)!r}, "--prompt", "ab", "--max-new-tokens", "3"]))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "torch" not in proc.stderr
