@@ -28,9 +28,12 @@ the standard-op graph still reads the past state after writing parts of the pres
 says false and `check_genai_folder` refuses true.
 
 genai always stops at its EOS token: the BPE's <|endoftext|>, and for byte models byte 0 (NUL), the one
-byte genai's text API cannot carry anyway (it passes C strings). Decoding an invalid UTF-8 byte sequence
-to text is lossy in genai's tokenizer (it drops bytes after one); the token ids are exact either way and
-`GenaiLanguageModel` streams text through slab-edge's own byte-exact decoder.
+byte genai's text API cannot carry anyway (it passes C strings). Decoding invalid UTF-8 to text is lossier
+in genai's tokenizer than Python's errors="replace" (it can drop the byte after an invalid one); the token
+ids are exact either way, and `GenaiLanguageModel` streams text through slab-edge's own decoder.
+
+`genai_config` and `tokenizer_files` write the folder's JSON files (the export adds the graph);
+`check_genai_folder` checks a folder; `open_genai` runs one.
 
     info = check_genai_folder("lm-genai/")            # InputError naming what does not fit
     with open_genai("lm-genai/", threads=2) as lm:
@@ -80,7 +83,7 @@ GENAI_TASK = "lm-genai"
 GENAI_MODEL_TYPE = "llama"
 #: the EOS genai stops at for byte-level models (the byte vocabulary has no spare id)
 BYTE_EOS_ID = 0
-#: state kind -> (genai_config inputs key, outputs key, genai's default name template for both)
+#: state kind -> (genai_config inputs key, outputs key, genai's default past and present name templates)
 STATE_NAMES = {
     "key": ("past_key_names", "present_key_names", "past_key_values.%d.key", "present.%d.key"),
     "value": ("past_value_names", "present_value_names", "past_key_values.%d.value", "present.%d.value"),
@@ -120,8 +123,9 @@ def is_genai_folder(path: str | os.PathLike) -> bool:
 def tokenizer_digest(tokenizer_json: str | Mapping[str, Any]) -> str:
     """sha256 of a tokenizer.json's token -> id mapping and merges (key order and formatting ignored).
 
-    Two tokenizer files with the same digest turn text into the same ids; the export stores it in the
-    graph's metadata (``tokenizer_sha256``) so a folder with another tokenizer beside the model is refused.
+    Two tokenizer files with the same digest have the same tokens under the same ids; the export stores it
+    in the graph's metadata (``tokenizer_sha256``), so a folder with another tokenizer beside the model is
+    refused.
     """
     data = json.loads(tokenizer_json) if isinstance(tokenizer_json, str) else tokenizer_json
     try:
