@@ -47,3 +47,41 @@ def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
     for p in module.parameters():
         p.normal_(0, std)
     return module
+
+
+#: max |fused SLA kernel - float64 reference| / max |reference| on a GPU, by I/O dtype: the output's rounding
+#: (half an ulp of the largest value: 2^-24 / 2^-11 / 2^-8) plus 1e-4 for the tensor cores' fp32 accumulation,
+#: whose adds truncate (up to ~400 MMA steps feed one accumulator at N = 3136: <= 400 * 2^-23 ~ 5e-5). Plain
+#: TF32 inputs (errors near 2^-11) fail the fp32 bound.
+FUSED_SLA_GPU_TOLERANCE = {
+    torch.float32: 1e-4,
+    torch.float16: 2.0**-11 + 1e-4,
+    torch.bfloat16: 2.0**-8 + 1e-4,
+}
+
+
+def parity_lm(attention: str, norm: str, seed: int = 0) -> nn.Module:
+    """A tiny SLAB-LM for export parity: init std 0.1 (clear greedy margins), random BN statistics, eval.
+
+    attention "sla" | "gla" | "softmax", or "hybrid": the 1:1 sla:softmax hybrid (attention_pattern "LS":
+    a recurrent state and a KV cache side by side).
+    """
+    from slab_edge.models.slab_lm import create_slab_lm
+
+    torch.manual_seed(seed)
+    kinds = (
+        {"attention": "sla", "attention_pattern": "LS"} if attention == "hybrid" else {"attention": attention}
+    )
+    model = create_slab_lm("tiny", norm=norm, init_std=0.1, **kinds)
+    return randomize_norm_statistics(model, seed).eval()
+
+
+#: SLAB-LM config overrides the decode tests run: each attention alone, and the 3:1 hybrids
+#: (attention_pattern: recurrent states beside a KV cache)
+LM_ATTENTION_CASES: dict[str, dict] = {
+    "sla": {"attention": "sla"},
+    "gla": {"attention": "gla"},
+    "softmax": {"attention": "softmax"},
+    "sla-LLLS": {"attention": "sla", "attention_pattern": "LLLS", "num_layers": 4},
+    "gla-LLLS": {"attention": "gla", "attention_pattern": "LLLS", "num_layers": 4},
+}

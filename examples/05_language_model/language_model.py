@@ -3,6 +3,7 @@
 
     python examples/05_language_model/language_model.py                    # SLA + PRepBN, ~2 min on 1 core
     python examples/05_language_model/language_model.py --attention gla --steps 1500
+    python examples/05_language_model/language_model.py --attention-pattern LLLS --num-layers 4   # 3:1 hybrid
     python examples/05_language_model/language_model.py --skip-training   # reuse the trained run
     python examples/05_language_model/language_model.py --skip-training --genai   # + onnxruntime-genai
 
@@ -30,7 +31,9 @@ def train(args, run: Path) -> None:
     cfg = LMTrainConfig(
         model="tiny",
         attention=args.attention,
+        attention_pattern=args.attention_pattern,
         norm=args.norm,
+        model_kwargs={"num_layers": args.num_layers} if args.num_layers else {},
         steps=args.steps,
         seq_len=256,
         batch_size=16,
@@ -106,6 +109,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--attention", default="sla", choices=("sla", "gla", "softmax"))
     p.add_argument("--norm", default="prepbn", choices=("prepbn", "rmsnorm"))
+    p.add_argument(
+        "--attention-pattern",
+        default=None,
+        help="hybrid: a letter per layer, repeated over the depth (L = --attention, S = softmax), e.g. LLLS",
+    )
+    p.add_argument("--num-layers", type=int, default=None, help="blocks (default: the tiny config's 2)")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this tiny model)")
     p.add_argument("--prompt", default="def __init__(self")
@@ -113,7 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-training", action="store_true", help="reuse the run in --out")
     p.add_argument("--genai", action="store_true", help="also export for onnxruntime-genai and run it there")
     args = p.parse_args(argv)
-    run = args.out / f"{args.attention}-{args.norm}"
+    pattern = f"-{args.attention_pattern}" if args.attention_pattern else ""
+    run = args.out / f"{args.attention}{pattern}-{args.norm}"
     if not args.skip_training:
         train(args, run)
     elif not (run / "model.safetensors").is_file():
@@ -123,9 +133,12 @@ def main(argv=None) -> int:
     generate(onnx_dir, args.prompt, args.tokens)
     if args.genai:
         genai(run, onnx_dir, args.prompt, args.tokens)
+    hybrid = f" --attention-pattern {args.attention_pattern}" if args.attention_pattern else ""
+    if args.num_layers:
+        hybrid += f' --model-kwargs "{{num_layers: {args.num_layers}}}"'
     print(
         "\nThe same with the CLI:\n"
-        f"  slab-edge train-lm --attention {args.attention} --norm {args.norm} --steps {args.steps} "
+        f"  slab-edge train-lm --attention {args.attention}{hybrid} --norm {args.norm} --steps {args.steps} "
         f"--threads {args.threads} --output {run}\n"
         f"  slab-edge export-lm {run} -o {onnx_dir}\n"
         f'  slab-edge generate {onnx_dir} --prompt "{args.prompt}" --max-new-tokens {args.tokens}'

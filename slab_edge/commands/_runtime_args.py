@@ -36,6 +36,12 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="TensorRT DLA engine: core to run on (default: sidecar)",
     )
+    group.add_argument(
+        "--plugin",
+        metavar="LIB",
+        default=None,
+        help="TensorRT plugin library to load before deserializing (default: the one the sidecar names)",
+    )
 
 
 def parse_provider_options(items: list[str]) -> dict[str, str]:
@@ -63,4 +69,4 @@ def session_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
         if provider_options:
             options["provider_options"] = provider_options
         return options
-    return {"memory": args.memory, "device": args.device, "dla_core": args.dla_core}
+    return {"memory": args.memory, "device": args.device, "dla_core": args.dla_core, "plugin": args.plugin}

@@ -2,7 +2,8 @@
 
     slab-edge export-lm runs/lm-tiny-sla-prepbn -o runs/lm-tiny-sla-prepbn/onnx
     slab-edge generate runs/lm-tiny-sla-prepbn/onnx --prompt "def main(" --max-new-tokens 64
-    slab-edge export-lm runs/lm-tiny-sla-prepbn --format genai     # onnxruntime-genai folder: <run>/genai
+    slab-edge export-lm runs/lm-tiny-sla-prepbn --ops ort    # on ONNX Runtime >= 1.25.1's recurrent ops
+    slab-edge export-lm runs/lm-tiny-sla-prepbn --format genai  # onnxruntime-genai folder: <run>/genai
 
 Prints the folding parity and the ONNX Runtime vs PyTorch parity (prefill logits and state, decode-step
 logits, greedy tokens through the torch-free generation loop); an export that fails them writes nothing.
@@ -34,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity check")
     parser.add_argument("--save-folded", type=Path, default=None, help="also write the folded weights here")
+    parser.add_argument(
+        "--ops",
+        choices=("standard", "ort"),
+        default="standard",
+        help="standard: ONNX ops only (any runtime; default); ort: GLA/SLA layers on ONNX Runtime's "
+        "com.microsoft.LinearAttention and CausalConvWithState (needs onnxruntime >= 1.25.1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         parity_tokens=args.parity_tokens,
         threads=args.threads,
         save_folded=args.save_folded,
+        ops=args.ops,
         format=args.format,
     )
     lines = report.lines() if not args.no_parity else report.lines()[:1] + report.lines()[-1:]

@@ -198,6 +198,20 @@ def scope_node_names(model) -> int:
     return renamed
 
 
+def drop_untyped_value_info(model) -> int:
+    """Remove value_info entries without a tensor element type (in place); returns how many.
+
+    onnxslim writes such entries (an empty type) for the outputs of ops it has no schema for (ONNX
+    Runtime's com.microsoft contrib ops); onnx.checker rejects them, and value_info is optional anyway.
+    """
+    keep = [vi for vi in model.graph.value_info if vi.type.tensor_type.elem_type != 0]
+    dropped = len(model.graph.value_info) - len(keep)
+    if dropped:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+    return dropped
+
+
 def tensor_elem_types(model) -> dict[str, int]:
     """{tensor name: onnx elem_type} after shape inference (inputs, outputs, value_info, initializers)."""
     import onnx

@@ -7,7 +7,8 @@ check. This module builds it from a folded model:
     model.onnx  the chunkwise prefill graph (any T, past state in, present state out; T = 1 is a decode step)
                 with genai's names and logits [B, 1, V]; each layer's state is mapped by its mixer's state
                 layout (SLA: conv + [S | z]; GLA: S + a passed-through [B, 1, 1] placeholder conv_state;
-                softmax: key / value), so hybrid stacks map layer by layer
+                softmax: key / value), so hybrid stacks map layer by layer; with export_lm's ops="ort" the
+                graph is traced from the contrib-op model (SLA's "Sz" is genai's recurrent_state as it is)
     genai_config.json, tokenizer.json (+ tokenizer_config.json)
 
 Everything is written into a staging folder beside the output and checked there before it is moved in:
@@ -80,9 +81,13 @@ def _sla_unpack(conv: torch.Tensor, recurrent: torch.Tensor) -> State:
     return recurrent[..., :-1], recurrent[..., -1], conv
 
 
-#: a mixer's state_names -> its genai mapping
+#: a mixer's state_names -> its genai mapping (("Sz", "conv"): SLA on ONNX Runtime's contrib ops, --ops ort,
+#: whose packed state is already genai's recurrent_state)
 STATE_MAPS: dict[tuple[str, ...], GenaiStateMap] = {
     ("S", "z", "conv"): GenaiStateMap(("conv_state", "recurrent_state"), _sla_pack, _sla_unpack),
+    ("Sz", "conv"): GenaiStateMap(
+        ("conv_state", "recurrent_state"), lambda state, _: (state[1], state[0]), lambda conv, sz: (sz, conv)
+    ),
     ("S",): GenaiStateMap(
         ("conv_state", "recurrent_state"),
         lambda state, past_conv: (past_conv, state[0]),  # GLA: the placeholder goes through unchanged
@@ -249,6 +254,8 @@ def export_lm_genai(
     parity: bool = True,
     parity_tokens: int = 64,
     threads: int | None = None,
+    graph_model: nn.Module | None = None,
+    translations: dict | None = None,
 ):
     """Write the genai folder of a folded model (called by `export_lm(..., format="genai")`).
 
@@ -259,9 +266,14 @@ def export_lm_genai(
         tokenizer: the model's tokenizer, or None for tokenizer "none" (no tokenizer files, no greedy check).
         report: export_lm's LMExportReport, filled in here.
         opset, simplify, parity, parity_tokens, threads: as export_lm.
+        graph_model: the model the graph is traced from (export_lm's ops="ort" model; default `folded`),
+            with `translations` for its custom ops; parity is always measured against `folded`.
     """
     start = time.perf_counter()
-    layout = genai_state_layout(folded)
+    graph_model = folded if graph_model is None else graph_model
+    layout = genai_state_layout(graph_model)
+    if layout != genai_state_layout(folded):  # both must map onto the same genai state
+        raise BackendError("the --ops graph model's genai state differs from the folded model's")
     eos = BYTE_EOS_ID if tokenizer is None or tokenizer.eos_id is None else int(tokenizer.eos_id)
     cfg = folded.config
     config = genai_config(layout, cfg.vocab_size, cfg.dim, cfg.context_length, eos)
@@ -271,9 +283,9 @@ def export_lm_genai(
         files.update(tokenizer_files(tokenizer, cfg.context_length))
         meta["tokenizer"] = BYTE_SPEC if tokenizer.kind == "byte" else BPE_PREFIX + TOKENIZER_FILE
         meta["tokenizer_sha256"] = tokenizer_digest(files[TOKENIZER_FILE])
-    example = _example_inputs(folded, 2, 70, 3)
-    example = (example[0], *_genai_state(folded, genai_state_maps(folded), example[1:]))
-    proto = _export_graph(_GenaiGraph(folded), example, layout, True, opset)
+    example = _example_inputs(graph_model, 2, 70, 3)
+    example = (example[0], *_genai_state(graph_model, genai_state_maps(graph_model), example[1:]))
+    proto = _export_graph(_GenaiGraph(graph_model), example, layout, True, opset, translations=translations)
     proto = _finish(proto, meta, simplify)
     report.metadata = meta
     report.nodes = {"model": len(proto.graph.node)}

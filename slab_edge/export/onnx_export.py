@@ -25,6 +25,7 @@ import numpy as np
 from slab_edge.errors import BackendError, InputError, SlabEdgeError
 from slab_edge.export.checkpoint import PreparedModel
 from slab_edge.export.graph import (
+    drop_untyped_value_info,
     op_type_counts,
     reorder_erf_gelu,
     scope_node_names,
@@ -150,6 +151,7 @@ def finalize_graph(proto, simplify: bool = True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             proto = onnxslim.slim(proto)
+        drop_untyped_value_info(proto)
     reorder_erf_gelu(proto)
     tag_sla_cores(proto)
     return proto

@@ -126,7 +126,7 @@ class SimplifiedLinearAttention(nn.Module):
             [B, N, C] in v's dtype: per head Q (K^T V) / (Q . sum K + eps) + DWC(V), heads merged.
         """
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript only drops a bare is_scripting branch)
-            if use_fused(q, k, v):
+            if use_fused(q, k, v, self.head_dim):
                 return self._mix_fused(q, k, v, hw)
         b, n, c = q.shape
         heads, d = self.num_heads, self.head_dim
@@ -148,12 +148,13 @@ class SimplifiedLinearAttention(nn.Module):
         hw: Tuple[int, int],  # noqa: UP006
     ) -> torch.Tensor:
         """`mix` through the fused operator: q, k, v stay tokens first ([B, N, h, d] views of [B, N, C]); only
-        the DWC branch transposes V to channels first and back."""
+        the DWC branch transposes V to channels first and back. k comes in q's dtype (under autocast the fp32
+        positional encoding promotes it; the operator has one I/O dtype)."""
         b, n, c = q.shape
         heads, d = self.num_heads, self.head_dim
         v4 = v.reshape(b, n, heads, d)
         out = linear_attention(
-            F.relu(q).reshape(b, n, heads, d), F.relu(k).reshape(b, n, heads, d), v4, SLA_EPS
+            F.relu(q).reshape(b, n, heads, d), F.relu(k.to(q.dtype)).reshape(b, n, heads, d), v4, SLA_EPS
         )
         v_map = v4.permute(0, 2, 3, 1).reshape(b * heads, d, hw[0], hw[1])  # [B*h, d, H, W]
         fmap = self.dwc(v_map).reshape(b, heads, d, n).permute(0, 3, 1, 2)  # [B, N, h, d]

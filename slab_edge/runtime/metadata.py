@@ -34,6 +34,8 @@ KEYS: dict[str, tuple[bool, str]] = {
     "state_layout": (True, "list of {name, shape, dtype} of the recurrent-state inputs/outputs per layer"),
     "max_prompt_len": (True, "longest prompt the prefill graph accepts (null = any)"),
     "vocab_size": (True, "vocabulary size"),
+    "ops": (False, "standard (ONNX ops only) | ort (ONNX Runtime contrib ops: export-lm --ops ort)"),
+    "min_onnxruntime": (False, "oldest ONNX Runtime version that runs the graph, e.g. 1.25.1"),
     "tokenizer_sha256": (
         False,
         "digest of the tokenizer.json beside a genai export (slab_edge.runtime.genai)",
@@ -75,6 +77,9 @@ class EngineSidecar:
     precision: "fp32" | "fp16" | "int8" | "strongly-typed"
     profiles: [{input name: {"min": [...], "opt": [...], "max": [...]}}]
     onnx_metadata: the ONNX file's metadata_props, verbatim (slab_edge.* keys)
+    plugins: the plugin libraries the engine needs, loaded before it is deserialized:
+        [{"library": file name, "sha256": ..., "plugins": [{"name", "version", "namespace"}],
+          "serialized_in_engine": true when the library travels inside a version-compatible plan}]
     """
 
     builder: dict[str, str]
@@ -85,6 +90,7 @@ class EngineSidecar:
     options: dict[str, Any] = field(default_factory=dict)
     onnx_file: str = ""
     onnx_sha256: str = ""
+    plugins: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

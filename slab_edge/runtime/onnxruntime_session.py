@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,41 @@ ORT_DTYPES = {
 }
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+#: ONNX Runtime's load error for an operator its build does not have ("com.microsoft:LinearAttention(-1) is
+#: not a registered function/op"): a model for a newer ONNX Runtime (export-lm --ops ort) or a custom op
+_UNKNOWN_OP = re.compile(r"([\w.]+):(\w+)\(-?\d+\) is not a registered function/op")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(1, 25, 1) for "1.25.1" (and for "1.25.1.dev20260401"): the leading numeric release parts."""
+    parts = []
+    for piece in version.split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+        if digits.group() != piece:
+            break
+    return tuple(parts)
+
+
+def _missing_op_message(path, ort, text: str) -> str | None:
+    """One line for a load failure on an operator this ONNX Runtime lacks, else None."""
+    found = _UNKNOWN_OP.search(text)
+    if found is None:
+        return None
+    from slab_edge.runtime.metadata import read_model_metadata
+
+    try:  # the model's own requirement, when the metadata can be read without loading it (onnx installed)
+        need = read_model_metadata(path).get("min_onnxruntime")
+    except Exception:
+        need = None
+    needs = f"; the model needs onnxruntime >= {need}" if need else ""
+    return (
+        f"{path}: ONNX Runtime {ort.__version__} has no operator {found.group(1)}.{found.group(2)}{needs} "
+        "(upgrade onnxruntime, or export the model with standard ops)"
+    )
 
 
 def import_onnxruntime():
@@ -116,6 +152,9 @@ class OnnxRuntimeSession(Session):
             )
         except Exception as err:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            missing = _missing_op_message(self.path, ort, str(err))
+            if missing:
+                raise BackendError(missing) from None
             raise BackendError(
                 f"{self.path}: ONNX Runtime cannot load this model (corrupt or truncated file?): {first}"
             ) from None
@@ -127,6 +166,12 @@ class OnnxRuntimeSession(Session):
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.metadata = decode_metadata(dict(self._session.get_modelmeta().custom_metadata_map))
+        need = self.metadata.get("min_onnxruntime")
+        if need and version_tuple(ort.__version__) < version_tuple(str(need)):
+            raise BackendError(
+                f"{self.path}: needs onnxruntime >= {need} (ops: {self.metadata.get('ops', '?')}), "
+                f"this is {ort.__version__}"
+            )
 
     @staticmethod
     def _session_options(ort, threads, inter_op_threads, graph_optimization):

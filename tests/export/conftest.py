@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from _export_helpers import build_reduced, reduced_kwargs
-from _lm_helpers import Exports, train_and_export_bpe_run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,22 +38,3 @@ class ZooExports:
 @pytest.fixture(scope="session")
 def zoo_exports(tmp_path_factory) -> ZooExports:
     return ZooExports(tmp_path_factory.mktemp("zoo_onnx"))
-
-
-@pytest.fixture(scope="session")
-def exports(tmp_path_factory) -> Exports:
-    """export-lm folders of the tiny LM variants, shared by the slab and genai export tests."""
-    return Exports(tmp_path_factory.mktemp("lm_exports"))
-
-
-@pytest.fixture(scope="session")
-def genai_exports(tmp_path_factory) -> Exports:
-    """export-lm --format genai folders of the tiny LM variants."""
-    return Exports(tmp_path_factory.mktemp("lm_genai"), format="genai")
-
-
-@pytest.fixture(scope="session")
-def bpe_run(tmp_path_factory):
-    """(run folder, export-lm's log) of a tiny BPE model trained and exported through the CLI."""
-    run = tmp_path_factory.mktemp("bpe_lm") / "run"
-    return run, train_and_export_bpe_run(run)

@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from _lm_helpers import VARIANTS, tiny_lm
+from _export_helpers import LMExports
+from test_lm_export import cli_train_tiny, tiny_lm
 
 import slab_edge
 from slab_edge import cli
@@ -26,10 +27,24 @@ og = pytest.importorskip(
     "onnxruntime_genai", reason="needs onnxruntime-genai: pip install 'slab-edge[genai]'"
 )
 
+#: every mixer with both norms, and the 3:1 sla:softmax hybrid (attention_pattern LLLS over 4 layers)
 GENAI_VARIANTS = [(a, n) for a in ("sla", "gla", "softmax") for n in ("prepbn", "rmsnorm")]
+GENAI_VARIANTS.append(("sla-LLLS", "prepbn"))
+#: variants also exported in slab-edge's own format to compare generation with
+SLAB_VARIANTS = [("sla", "prepbn"), ("sla-LLLS", "prepbn")]
 PROMPT = "class A:"  # 64 greedy tokens without byte 0 (genai's EOS) for every variant
 TOKENS = 64
 META = {"tokenizer": "byte", "size": "tiny"}
+
+
+@pytest.fixture(scope="module")
+def genai_exports(tmp_path_factory):
+    return LMExports(tmp_path_factory.mktemp("lm_genai"), tiny_lm, format="genai")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    return LMExports(tmp_path_factory.mktemp("lm_slab"), tiny_lm)
 
 
 def genai_greedy(folder, prompt_ids: list[int], n: int) -> list[int]:
@@ -68,7 +83,7 @@ def test_genai_greedy_tokens_equal_pytorch_generate(genai_exports, attention, no
     assert tokens == torch_greedy(model, prompt, TOKENS, eos=BYTE_EOS_ID)
 
 
-@pytest.mark.parametrize("attention, norm", VARIANTS)
+@pytest.mark.parametrize("attention, norm", SLAB_VARIANTS)
 def test_genai_generation_equals_slab_edge_generate(genai_exports, exports, attention, norm, capsys):
     _, _, genai_folder = genai_exports.get(attention, norm)
     _, _, slab_folder = exports.get(attention, norm)
@@ -146,31 +161,29 @@ def test_sla_recurrent_state_is_s_with_z_as_its_last_column(genai_exports):
     assert out["logits"].shape == (1, 1, 256)
 
 
-def _hybrid(second: str):
-    """The tiny SLA model with its layer 1 replaced by the `second` model's layer 1."""
-    model = tiny_lm("sla", "prepbn")
-    model.layers[1] = tiny_lm(second, "prepbn", seed=1).layers[1]
-    return model.eval()
-
-
-def test_hybrid_linear_and_softmax_layers_map_layer_by_layer(tmp_path):
-    model = _hybrid("softmax")
-    report = export_lm(model, tmp_path / "hybrid", meta=META, threads=1, format="genai")
-    assert report.greedy_match == (TOKENS, TOKENS) and report.genai_max_abs <= LOGIT_TOLERANCE
-    info = check_genai_folder(tmp_path / "hybrid")
-    assert [(s.layer, s.name) for s in info.layout] == [
-        (0, "conv_state"),
-        (0, "recurrent_state"),
-        (1, "key"),
-        (1, "value"),
+def test_hybrid_maps_layer_by_layer_also_on_onnx_runtime_contrib_ops(genai_exports, tmp_path):
+    model, _, folder = genai_exports.get("sla-LLLS", "prepbn")
+    linear = [(i, k) for i in range(3) for k in ("conv_state", "recurrent_state")]
+    assert [(s.layer, s.name) for s in check_genai_folder(folder).layout] == [
+        *linear,
+        (3, "key"),
+        (3, "value"),
     ]
+    # --ops ort: SLA on com.microsoft.LinearAttention / CausalConvWithState, the same genai state
+    report = export_lm(model, tmp_path / "ort", meta=META, threads=1, format="genai", ops="ort")
+    assert report.greedy_match == (TOKENS, TOKENS) and report.genai_max_abs <= LOGIT_TOLERANCE
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "ort" / "model.onnx")).graph.node}
+    assert {"LinearAttention", "CausalConvWithState"} <= ops
+    assert check_genai_folder(tmp_path / "ort").layout == check_genai_folder(folder).layout
     prompt = ByteTokenizer().encode(PROMPT)
-    assert genai_greedy(tmp_path / "hybrid", prompt, 32) == torch_greedy(model, prompt, 32, eos=BYTE_EOS_ID)
+    assert genai_greedy(tmp_path / "ort", prompt, TOKENS) == genai_greedy(folder, prompt, TOKENS)
 
 
 def test_linear_layers_with_different_states_are_refused_before_anything_is_written(tmp_path):
+    model = tiny_lm("sla", "prepbn")
+    model.layers[1] = tiny_lm("gla", "prepbn").layers[1]  # SLA beside GLA: two conv_state shapes
     with pytest.raises(InputError, match="one conv_state shape for every linear layer"):
-        export_lm(_hybrid("gla"), tmp_path / "never", meta=META, format="genai")
+        export_lm(model, tmp_path / "never", meta=META, format="genai")
     assert not (tmp_path / "never").exists()
 
 
@@ -196,8 +209,10 @@ def test_genai_reads_our_byte_tokenizer_exactly(genai_exports):
     assert list(tokenizer.eos_token_ids) == [BYTE_EOS_ID]
 
 
-def test_cli_exports_a_bpe_model_for_genai_and_refuses_a_mismatched_tokenizer(bpe_run, tmp_path, capsys):
-    run, _ = bpe_run
+def test_cli_exports_a_bpe_model_for_genai_and_refuses_a_mismatched_tokenizer(tmp_path, capsys):
+    run = tmp_path / "run"
+    cli_train_tiny(run, "--tokenizer bpe --bpe-vocab 300 --attention sla --norm prepbn")
+    assert cli.main(["export-lm", str(run), "--threads", "1", "--parity-tokens", "16"]) == 0
     assert (
         cli.main(["export-lm", str(run), "--format", "genai", "--threads", "1", "--parity-tokens", "16"]) == 0
     )

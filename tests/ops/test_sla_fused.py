@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
+from slab_edge.ops import sla_fused
 from slab_edge.ops.sla import sla_reference
 from slab_edge.ops.sla_fused import fused_sla, linear_attention, use_fused
 from slab_edge.testing import assert_rel_close
@@ -34,7 +37,7 @@ def test_operator_keeps_the_io_dtype_and_computes_in_float32():
     assert_rel_close(out.float(), expected, 2e-3, "fp16 I/O")
 
 
-def test_fused_mode_policy():
+def test_fused_mode_policy(monkeypatch):
     q, k, v = bnhd(1, 4, 1, 2, 2)
     assert not use_fused(q, k, v)  # auto: no CPU kernel is registered, the MatMul form runs
     with fused_sla("always"):
@@ -43,21 +46,80 @@ def test_fused_mode_policy():
         assert not use_fused(q, k, v)
     with pytest.raises(ValueError, match="fused SLA mode"), fused_sla("sometimes"):
         pass
+    # auto mode with a kernel for the device: only inputs the native kernels take
+    monkeypatch.setattr(sla_fused, "_kernel_devices", {"cpu"})
+    assert use_fused(q, k, v) and use_fused(q, k, v, head_dim=128)
+    assert not use_fused(q, k, v, head_dim=129) and not use_fused(q.double(), k.double(), v.double())
+    assert not use_fused(q.requires_grad_(), k, v)  # training keeps the autograd-able MatMul form
 
 
-@pytest.mark.parametrize("model_name", ["slab_deit_tiny_patch16_224", "slab_pvt_tiny"])
+def test_a_cuda_kernel_that_cannot_be_loaded_falls_back_and_says_why_once(monkeypatch):
+    from slab_edge.errors import BackendError
+    from slab_edge.ops import sla_fused_cuda
+
+    def no_library():
+        raise BackendError("nvcc not found\n(second line)")
+
+    monkeypatch.setattr(sla_fused, "_kernel_devices", set())
+    monkeypatch.setattr(sla_fused, "_load_tried", set())
+    monkeypatch.setattr(sla_fused_cuda, "library", no_library)
+    reason = r"no CUDA kernel \(BackendError: nvcc not found\); SLA layers use the MatMul form"
+    with pytest.warns(RuntimeWarning, match=reason):
+        assert not sla_fused.load_kernel("cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not sla_fused.load_kernel("cuda")  # tried once: no second attempt, no second warning
+    assert not sla_fused.load_kernel("cpu")
+
+
+# CSwin: la_split_size 4 gives its SLA stages two stripe branches each (the official 56-28 use one)
+SMALL_MODELS = {
+    "slab_deit_tiny_patch16_224": ({"embed_dim": 48, "depth": 2}, 224),
+    "slab_pvt_tiny": ({"img_size": 64}, 64),
+    "slab_cswin_tiny_224": (
+        {"img_size": 64, "embed_dim": 32, "depths": (1, 1, 1, 1), "la_split_size": (4, 4, 2, 2),
+         "split_size": (1, 2, 2, 2)},
+        64,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model_name", list(SMALL_MODELS))
 def test_sla_layers_give_the_same_logits_through_the_fused_operator(model_name):
     import slab_edge
 
     torch.manual_seed(0)
-    kwargs = {"embed_dim": 48, "depth": 2} if "deit" in model_name else {"img_size": 64}
+    kwargs, size = SMALL_MODELS[model_name]
     model = slab_edge.create_model(model_name, **kwargs).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)  # zero-initialised positional encodings get values too
-    x = torch.randn(2, 3, *([224, 224] if "deit" in model_name else [64, 64]))
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         reference = model(x)
         with fused_sla("always"):
             fused = model(x)
     assert_rel_close(fused, reference, 1e-5, model_name)
+
+
+def test_the_fused_path_compiles_into_one_graph_holding_the_operator(monkeypatch):
+    """torch.compile(fullgraph=True) traces use_fused and keeps linear_attention as one opaque call per layer
+    (the CPU reference stands in for a device kernel; tests/gpu/test_sla_fused_gpu.py compiles on CUDA)."""
+    import slab_edge
+
+    monkeypatch.setattr(sla_fused, "_kernel_devices", {"cpu"})
+    torch.manual_seed(0)
+    model = slab_edge.create_model("slab_deit_tiny_patch16_224", embed_dim=48, depth=2).eval()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected, got = model(x), compiled(x)
+    ops = [n for g in graphs for n in g.graph.nodes if "slab.linear_attention" in str(n.target)]
+    assert len(graphs) == 1 and len(ops) == 2
+    assert_rel_close(got, expected, 1e-6, "compiled")

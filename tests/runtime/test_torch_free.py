@@ -14,6 +14,7 @@ def test_load_preprocess_run_without_torch(tiny_onnx, tmp_path):
         import json, sys
         import slab_edge.runtime as rt
         from slab_edge.runtime import benchmark, compare, infer, cuda_memory, tensorrt_session  # importable
+        from slab_edge.runtime import genai, sidecar, tensorrt_plugins  # importable
         with rt.load({str(tiny_onnx)!r}, threads=1) as session:
             batch = rt.transform_for(session)({str(image)!r})[None]
             logits = session.run(batch)["logits"]
