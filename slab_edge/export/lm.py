@@ -48,6 +48,8 @@ from slab_edge.runtime.generate import BATCH_DIM, DECODE_FILE, INPUT_IDS, LOGITS
 __all__ = ["LMExportReport", "export_lm", "lm_state_layout", "prepare_lm"]
 
 DEFAULT_OPSET = 18
+#: export-lm --format: slab-edge's two-graph folder, or an onnxruntime-genai folder
+EXPORT_FORMATS = ("slab", "genai")
 #: ORT vs PyTorch logits, fp32, absolute (also the brief's step-logit goal)
 LOGIT_TOLERANCE = 1e-4
 #: metadata tokenizer of graphs exported without one (decode benchmarks of random models)
@@ -70,6 +72,9 @@ class LMExportReport:
     state_bytes: int = 0  #: the decode state of one sequence (at past_len 0 for a KV cache)
     nodes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    genai_max_abs: float | None = None  #: onnxruntime-genai's logits along its greedy loop (genai format)
+    greedy_note: str = ""  #: why greedy tokens were not compared, when they were not
+    files: list[str] = field(default_factory=list)  #: the files written into `folder`
 
     def lines(self) -> list[str]:
         fold = (
@@ -79,15 +84,24 @@ class LMExportReport:
         ops = self.metadata.get("ops", "standard")
         if "min_onnxruntime" in self.metadata:
             ops += f" (needs onnxruntime >= {self.metadata['min_onnxruntime']})"
-        return [
+        runner = "onnxruntime-genai" if self.genai_max_abs is not None else "the torch-free runtime"
+        greedy = self.greedy_note or f"{same}/{total} tokens identical to PyTorch generate() ({runner})"
+        lines = [
             f"folding (PyTorch, folded vs unfolded logits): {fold}",
             f"prefill (ORT vs PyTorch): logits max|diff| {self.prefill_max_abs:.2e}, "
             f"state max|diff| {self.state_max_abs:.2e}",
             f"decode steps (ORT vs PyTorch): logits max|diff| {self.step_max_abs:.2e} "
             f"(tol {LOGIT_TOLERANCE:.0e})",
-            f"greedy generation: {same}/{total} tokens identical to PyTorch generate()",
-            f"state per sequence: {self.state_bytes:,} bytes; nodes: prefill {self.nodes.get('prefill', 0)}, "
-            f"decode {self.nodes.get('decode', 0)}; ops: {ops}",
+        ]
+        if self.genai_max_abs is not None:
+            lines.append(
+                f"onnxruntime-genai greedy loop vs PyTorch: logits max|diff| {self.genai_max_abs:.2e}"
+            )
+        nodes = ", ".join(f"{name} {count}" for name, count in self.nodes.items())
+        return [
+            *lines,
+            f"greedy generation: {greedy}",
+            f"state per sequence: {self.state_bytes:,} bytes; nodes: {nodes}; ops: {ops}",
         ]
 
 
@@ -305,7 +319,7 @@ def _parity(
 
 
 def _check_parity(report: LMExportReport) -> None:
-    worst = max(report.prefill_max_abs, report.step_max_abs)
+    worst = max(report.prefill_max_abs, report.step_max_abs, report.genai_max_abs or 0.0)
     if not worst <= LOGIT_TOLERANCE:  # also catches NaN
         raise BackendError(
             f"ONNX Runtime disagrees with PyTorch: logits max|diff| {worst:.2e} > {LOGIT_TOLERANCE:.0e} "
@@ -329,8 +343,11 @@ def export_lm(
     meta: dict[str, Any] | None = None,
     graphs: tuple[str, ...] = ("prefill", "decode"),
     ops: str = "standard",
+    format: str = "slab",
 ) -> LMExportReport:
     """Fold and export a SLAB-LM to `output`/prefill.onnx + decode.onnx (+ tokenizer.json for BPE).
+
+    format "genai" writes an onnxruntime-genai folder instead (slab_edge.export.lm_genai).
 
     Args:
         source: a train-lm run folder, model.safetensors, checkpoint manifest, or a SlabLM module.
@@ -346,6 +363,8 @@ def export_lm(
         graphs: which graphs to write ("prefill", "decode"); benchmarks of decoding need only "decode".
         ops: "standard" (ONNX ops only, any runtime) or "ort" (ONNX Runtime >= 1.25.1's LinearAttention
             and CausalConvWithState for GLA / SLA layers; see lm_ort_ops).
+        format: "slab" (prefill + decode graphs for slab_edge.runtime) | "genai" (one graph,
+            genai_config.json and Hugging Face tokenizer files for onnxruntime-genai; `graphs` is ignored).
     """
     from slab_edge import __version__
     from slab_edge.data.text_tokenizer import ByteTokenizer, load_tokenizer
@@ -356,6 +375,8 @@ def export_lm(
 
     if ops not in OPS:
         raise InputError(f"ops must be one of {', '.join(OPS)}, got {ops!r}")
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     unknown = sorted(set(graphs) - {"prefill", "decode"})
     if unknown or not graphs:
         raise InputError(f"graphs must be a non-empty subset of prefill, decode; got {list(graphs)}")
@@ -403,6 +424,30 @@ def export_lm(
         "dynamic_batch": True,
         **ops_meta,
     }
+    if format == "genai":
+        from slab_edge.export.lm_genai import export_lm_genai
+
+        report = LMExportReport(folder=folder, metadata=common, fold_max_abs=fold_diff)
+        report.seconds = time.perf_counter() - start
+        export_lm_genai(
+            folded,
+            folder,
+            common,
+            tokenizer,
+            report,
+            opset,
+            simplify,
+            parity,
+            parity_tokens,
+            threads,
+            graph_model=graph_model,
+            translations=translations,
+        )
+        if save_folded is not None:
+            from slab_edge.train.checkpoint import write_safetensors
+
+            write_safetensors(save_folded, folded.state_dict(), {**meta, "deploy": True, "folded": True})
+        return report
     protos = {}
     if "prefill" in graphs:
         example = _example_inputs(graph_model, 2, 70, 3)
@@ -425,6 +470,10 @@ def export_lm(
     check_writable_dir(folder)
     report = LMExportReport(folder=folder, metadata=common, fold_max_abs=fold_diff)
     report.nodes = {file.split(".")[0]: len(proto.graph.node) for file, proto in protos.items()}
+    report.files = [
+        *protos,
+        *([tokenizer.file_name] if tokenizer is not None and tokenizer.kind == "bpe" else []),
+    ]
     import onnx
 
     # every file is written under a temp name, checked, and renamed only when all of them are good

@@ -16,7 +16,7 @@ PREFIX = "slab_edge."
 
 #: key -> (JSON-encoded?, meaning)
 KEYS: dict[str, tuple[bool, str]] = {
-    "task": (False, "classification | lm-prefill | lm-decode"),
+    "task": (False, "classification | lm-prefill | lm-decode | lm-genai (one graph for onnxruntime-genai)"),
     "model": (False, "registered model name, e.g. slab_deit_tiny_patch16_224"),
     "version": (False, "slab-edge version that exported the file"),
     "folded": (True, "true if every foldable norm was folded before export"),
@@ -37,6 +37,10 @@ KEYS: dict[str, tuple[bool, str]] = {
     "vocab_size": (True, "vocabulary size"),
     "ops": (False, "standard (ONNX ops only) | ort (ONNX Runtime contrib ops: export-lm --ops ort)"),
     "min_onnxruntime": (False, "oldest ONNX Runtime version that runs the graph, e.g. 1.25.1"),
+    "tokenizer_sha256": (
+        False,
+        "digest of the tokenizer.json beside a genai export (slab_edge.runtime.genai)",
+    ),
 }
 
 SIDECAR_SUFFIX = ".json"
