@@ -421,7 +421,13 @@ def _local_toolkit(nvcc: Path) -> CudaToolchain:
     """A CUDA toolkit on the machine (JetPack, /usr/local/cuda): its headers and libcudart beside nvcc."""
     home = nvcc.resolve().parent.parent
     include = home / "include"
-    lib = next((home / d for d in ("lib64", "lib") if (home / d).is_dir()), None)
+    if (
+        not (include / "cuda_runtime.h").is_file()
+        and (Path("/usr/local/cuda/include") / "cuda_runtime.h").is_file()
+    ):
+        home, include = Path("/usr/local/cuda"), Path("/usr/local/cuda/include")  # nvcc linked outside it
+    folders = [home / d for d in ("lib64", "lib")] + sorted(home.glob("targets/*/lib"))
+    lib = next((d for d in folders if any(d.glob("libcudart.so*"))), None)
     version = _nvcc_version(nvcc)
     return CudaToolchain(nvcc=nvcc, include=include if include.is_dir() else None, lib=lib, version=version)
 

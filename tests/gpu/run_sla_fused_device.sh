@@ -25,7 +25,7 @@ step() {  # step NAME LOG TIMEOUT CMD...: run, append the exit code and seconds 
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >> "$summary" 2>&1
 step build "$OUT/tests.log" 240 python3 -m slab_edge.native.build torch-cuda
-step gpu_tests "$OUT/tests.log" 300 python3 -m pytest tests/gpu -m gpu -k sla_fused -q -p no:cacheprovider
+step gpu_tests "$OUT/tests.log" 300 python3 -m pytest tests/gpu -m gpu -k "sla_fused or trt_plugin" -q -rs -p no:cacheprovider
 
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -1)
 if [ -n "$SAN" ]; then

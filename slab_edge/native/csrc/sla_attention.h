@@ -16,6 +16,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Every library built with the kernel exports the entry points (sources compile with -fvisibility=hidden);
+// protected, so calls inside one library bind to its own copy even when several are loaded.
+#if defined(__GNUC__)
+#define SLAB_SLA_API __attribute__((visibility("protected")))
+#else
+#define SLAB_SLA_API
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -44,16 +52,16 @@ enum {
 
 // Bytes of device workspace slab_sla_cuda_forward needs for `shape`; a device-independent upper bound, so a
 // TensorRT plugin can report it at build time for the profile's largest shape.
-size_t slab_sla_cuda_workspace_bytes(slab_sla_shape shape);
+SLAB_SLA_API size_t slab_sla_cuda_workspace_bytes(slab_sla_shape shape);
 
 // Enqueue the fused forward on `stream` (a cudaStream_t; NULL = the legacy default stream). Pointers are
 // device pointers. Returns SLAB_OK or an error code above; never synchronises.
-int slab_sla_cuda_forward(slab_dtype dtype, const void* q, const void* k, const void* v, void* out,
+SLAB_SLA_API int slab_sla_cuda_forward(slab_dtype dtype, const void* q, const void* k, const void* v, void* out,
                           slab_sla_shape shape, float eps, void* workspace, size_t workspace_bytes,
                           void* stream);
 
 // A one-line description of a status code (static storage).
-const char* slab_sla_status_string(int status);
+SLAB_SLA_API const char* slab_sla_status_string(int status);
 
 #ifdef __cplusplus
 }  // extern "C"
