@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from slab_edge.errors import BackendError, InputError
+from slab_edge.ops.sla import SLA_EPS
 from slab_edge.ops.sla_fused import KERNEL_MAX_DIM, linear_attention, mark_kernel_available
 
 __all__ = ["SlaShape", "bind", "forward", "library", "register"]
@@ -122,7 +123,7 @@ def library() -> ctypes.CDLL:
         return _library
 
 
-def _cuda_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+def _cuda_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = SLA_EPS) -> torch.Tensor:
     if q.device.index != torch.cuda.current_device():  # the kernel launches on the current device
         with torch.cuda.device(q.device):
             return _cuda_kernel(q, k, v, eps)

@@ -9,7 +9,7 @@ import torch
 
 from slab_edge.ops import sla_fused
 from slab_edge.ops.sla import sla_reference
-from slab_edge.ops.sla_fused import fused_sla, linear_attention, use_fused
+from slab_edge.ops.sla_fused import fused_sla, linear_attention, linear_attention_reference, use_fused
 from slab_edge.testing import assert_rel_close
 
 
@@ -123,3 +123,15 @@ def test_the_fused_path_compiles_into_one_graph_holding_the_operator(monkeypatch
     ops = [n for g in graphs for n in g.graph.nodes if "slab.linear_attention" in str(n.target)]
     assert len(graphs) == 1 and len(ops) == 2
     assert_rel_close(got, expected, 1e-6, "compiled")
+
+
+def test_cuda_kernel_takes_the_operators_defaults():
+    """torch 2.11 calls a registered kernel with the arguments as given, defaults not filled in: the CUDA
+    kernel must default eps like the operator (every GPU test failed on that once)."""
+    import inspect
+
+    from slab_edge.ops import sla_fused_cuda
+
+    kernel = inspect.signature(sla_fused_cuda._cuda_kernel).parameters
+    operator = inspect.signature(linear_attention_reference).parameters
+    assert [(n, p.default) for n, p in kernel.items()] == [(n, p.default) for n, p in operator.items()]
