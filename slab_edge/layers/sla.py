@@ -147,15 +147,26 @@ class SimplifiedLinearAttention(nn.Module):
         v: torch.Tensor,
         hw: Tuple[int, int],  # noqa: UP006
     ) -> torch.Tensor:
-        """`mix` through the fused operator: q, k, v stay tokens first ([B, N, h, d] views of [B, N, C]); only
-        the DWC branch transposes V to channels first and back. k comes in q's dtype (under autocast the fp32
-        positional encoding promotes it; the operator has one I/O dtype)."""
+        """`mix` through the fused operator: q, k, v stay tokens first ([B, N, h, d] views of [B, N, C]), and
+        nothing is transposed: the DWC shared by the heads runs as one depthwise conv over all C channels (its
+        filter repeated per head, `dwc_all_heads`) on V read channels-last ([B, N, C] is [B, H, W, C]).
+        k comes in q's dtype (under autocast the fp32 positional encoding promotes it; the operator has one
+        I/O dtype)."""
         b, n, c = q.shape
         heads, d = self.num_heads, self.head_dim
-        v4 = v.reshape(b, n, heads, d)
         out = linear_attention(
-            F.relu(q).reshape(b, n, heads, d), F.relu(k.to(q.dtype)).reshape(b, n, heads, d), v4, SLA_EPS
+            F.relu(q).reshape(b, n, heads, d),
+            F.relu(k.to(q.dtype)).reshape(b, n, heads, d),
+            v.reshape(b, n, heads, d),
+            SLA_EPS,
         )
-        v_map = v4.permute(0, 2, 3, 1).reshape(b * heads, d, hw[0], hw[1])  # [B*h, d, H, W]
-        fmap = self.dwc(v_map).reshape(b, heads, d, n).permute(0, 3, 1, 2)  # [B, N, h, d]
-        return (out + fmap).reshape(b, n, c)  # [B, N, C]
+        v_map = v.reshape(b, hw[0], hw[1], c).permute(0, 3, 1, 2)  # [B, C, H, W], channels-last strides
+        weight, bias = dwc_all_heads(self.dwc.weight, self.dwc.bias, heads)
+        fmap = F.conv2d(v_map, weight.to(v.dtype), bias.to(v.dtype), padding=self.dwc.padding, groups=c)
+        return out.reshape(b, n, c) + fmap.permute(0, 2, 3, 1).reshape(b, n, c)  # [B, N, C]
+
+
+def dwc_all_heads(weight: torch.Tensor, bias: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-head DWC (weight [d, 1, k, k], bias [d], shared by the heads) as one depthwise conv over
+    C = heads * d channels: channel h * d + e gets filter e. Returns (weight [C, 1, k, k], bias [C])."""
+    return weight.repeat(heads, 1, 1, 1), bias.repeat(heads)

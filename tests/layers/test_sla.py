@@ -63,3 +63,16 @@ def test_fixed_grid_rejects_other_sizes_and_dynamic_grid_resamples():
         layer(torch.randn(1, 36, 16), hw=(6, 6))
     layer.dynamic_size = True
     assert layer(torch.randn(1, 36, 16), hw=(6, 6)).shape == (1, 36, 16)
+
+
+def test_dwc_over_all_heads_equals_the_shared_per_head_conv():
+    from slab_edge.layers.sla import dwc_all_heads
+
+    torch.manual_seed(0)
+    heads, d = 3, 4
+    conv = torch.nn.Conv2d(d, d, 5, padding=2, groups=d)
+    v = torch.randn(2, heads * d, 6, 7)  # [B, C, H, W], channel h * d + e
+    per_head = conv(v.reshape(2 * heads, d, 6, 7)).reshape(2, heads * d, 6, 7)
+    weight, bias = dwc_all_heads(conv.weight, conv.bias, heads)
+    merged = F.conv2d(v.to(memory_format=torch.channels_last), weight, bias, padding=2, groups=heads * d)
+    torch.testing.assert_close(merged, per_head, rtol=1e-6, atol=1e-6)
