@@ -348,7 +348,10 @@ def main(argv=None) -> int:
         print("error: no CUDA device (use --device cpu)", file=sys.stderr)
         return 2
     if args.variants is None:
-        args.variants = list(VARIANTS) if device.type == "cuda" else ["eager", "static"]
+        # reduce-overhead only when asked for: on the H200 (session 6) its group ended the run with an illegal
+        # memory access (several decoders alive side by side; its own GPU test passes), cause not found
+        default = [v for v in VARIANTS if v != "reduce-overhead"]
+        args.variants = default if device.type == "cuda" else ["eager", "static"]
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
     name = (

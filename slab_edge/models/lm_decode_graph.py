@@ -18,7 +18,9 @@ The step then runs in one of MODES:
     compile           each block compiled with torch.compile (inductor fuses the elementwise ops); one
                       compilation per mixer kind, shared by every block of that kind (any device)
     compile+graph     the compiled blocks, then captured in one CUDA graph (CUDA)
-    reduce-overhead   the whole step compiled with mode="reduce-overhead" (inductor's own CUDA graphs; CUDA)
+    reduce-overhead   the whole step compiled with mode="reduce-overhead" (inductor's own CUDA graphs; CUDA;
+                      experimental: its GPU test passes, but a benchmark with several such decoders alive
+                      hit an illegal memory access on the H200)
 SlabLM.generate() uses "graph" on CUDA (batch <= MAX_GRAPH_BATCH) and "compile+graph" with compile_step=True;
 bench/lm_decode_torch.py times every mode against eager SlabLM.step.
 
