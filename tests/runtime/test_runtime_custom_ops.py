@@ -4,13 +4,11 @@ fused SLA nodes (read from the file's header, torch- and onnx-free), and say in 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
-from test_torch_free import BLOCK_TORCH
+from runtime_helpers import run_blocked
 
 import slab_edge.runtime.custom_ops as custom_ops
 from slab_edge import cli
@@ -153,11 +151,7 @@ def test_the_runtime_loads_custom_op_models_without_torch(files, ort_ops_library
         torch = any(m.split(".")[0] == "torch" for m in sys.modules)
         print(json.dumps({{"shape": list(out.shape), "torch": torch, "onnx": "onnx" in sys.modules}}))
         """
-    import textwrap
-
-    proc = subprocess.run(
-        [sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True, text=True
-    )
+    proc = run_blocked(code)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
         "shape": [1, 5, 2, 8],
