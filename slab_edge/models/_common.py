@@ -2,6 +2,9 @@
 
 Every constructor takes timm's factory kwargs `device` / `dtype` and passes them to each parameter and
 buffer it creates (as timm's own models do), so `create_model(..., device="meta")` allocates nothing.
+
+No `from __future__ import annotations` here (nor in deit.py): torch.fx copies the model forward's annotations
+into the traced graph's code, and TorchScript cannot resolve them there when they are strings.
 """
 
 from collections.abc import Callable

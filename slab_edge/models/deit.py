@@ -27,8 +27,8 @@ is no head to absorb the final norm and it is kept (listed in `unfoldable_norms`
 (ablation baseline) cannot be folded at all: LayerNorm statistics depend on the input.
 
 TorchScript (torch.jit.script, deprecated in current torch but still supported) and torch.fx (timm's
-feature extraction) work for fixed-size models; `dynamic_img_size=True` resamples through timm in eager /
-torch.export / ONNX only.
+feature extraction; hence no `from __future__ import annotations`, see _common) work for fixed-size
+models; `dynamic_img_size=True` resamples through timm in eager / torch.export / ONNX only.
 """
 
 import math
