@@ -18,6 +18,8 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev]'
+	# ONNX Runtime custom-op library (fused SLA, CPU kernel): g++ + ORT headers from Debian's libonnxruntime-dev
+	$(BIN)/python -m slab_edge.native.build ort
 	# TensorRT-RTX: the one TensorRT builder that installs (and builds engines) on a CPU-only machine.
 	$(BIN)/pip install -q tensorrt-rtx-cu13 || echo "tensorrt-rtx-cu13 not installable here: engine-build tests will skip and say why"
 	# timm's model test suite for the installed timm version (its sdist from PyPI, cached in .venv/timm-suite/)
@@ -45,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/vision_suite.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache slab_edge/native/lib

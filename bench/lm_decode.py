@@ -244,22 +244,36 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[1], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--out", type=Path, default=Path("runs/bench-lm-decode"), help="output folder")
+def add_common_arguments(p: argparse.ArgumentParser, out: str) -> None:
+    """The options of the two-phase ONNX Runtime LM benchmarks (this one and lm_ort_ops.py)."""
+    p.add_argument("--out", type=Path, default=Path(out), help="output folder")
     p.add_argument("--phase", choices=("all", "export", "time"), default="all")
     p.add_argument("--sizes", nargs="+", default=["tiny", "125m"], help="slab-lm sizes (tiny 125m 350m)")
-    p.add_argument("--attentions", nargs="+", default=list(ATTENTIONS))
-    p.add_argument(
-        "--norms", nargs="+", default=list(NORMS), help="rmsnorm prepbn (prepbn: the fold comparison)"
-    )
     p.add_argument("--contexts", nargs="+", type=int, default=[256, 4096, 16384])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--model-kwargs", default=None, help="JSON overrides of the SLAB-LM config (smoke tests)")
+
+
+def common_forward_args(args) -> list[str]:
+    """add_common_arguments' values (and --attentions) for the timing phase's command line."""
+    return [
+        *("--out", str(args.out), "--sizes", *args.sizes, "--attentions", *args.attentions),
+        *("--contexts", *map(str, args.contexts), "--threads", str(args.threads)),
+        *("--iters", str(args.iters), "--warmup", str(args.warmup)),
+    ]
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_arguments(p, "runs/bench-lm-decode")
+    p.add_argument("--attentions", nargs="+", default=list(ATTENTIONS))
+    p.add_argument(
+        "--norms", nargs="+", default=list(NORMS), help="rmsnorm prepbn (prepbn: the fold comparison)"
+    )
     p.add_argument(
         "--smoke", action="store_true", help="tiny, 2-layer 32-wide models, contexts 16/64, 3 iters"
     )
@@ -273,15 +287,15 @@ def parse(argv=None):
 
 
 def forward_args(args) -> list[str]:
-    return [
-        *("--out", str(args.out), "--sizes", *args.sizes, "--attentions", *args.attentions),
-        *("--norms", *args.norms, "--contexts", *map(str, args.contexts), "--threads", str(args.threads)),
-        *("--iters", str(args.iters), "--warmup", str(args.warmup)),
-    ]
+    return [*common_forward_args(args), "--norms", *args.norms]
 
 
-def main(argv=None) -> int:
-    args = parse(argv)
+def run_phases(args, script: str, export_all, time_all, table, forward_args, failed=None) -> int:
+    """Export (torch) and/or time (torch-free) as args.phase says; "all" times in a fresh interpreter.
+
+    export_all(args, out) -> exports.json; time_all(args, out) -> results.json; table(results) is printed;
+    failed(results) -> True makes the exit code 1.
+    """
     args.out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if args.phase in ("all", "time") and load > 0.5:
@@ -296,7 +310,7 @@ def main(argv=None) -> int:
         atomic_write_json(args.out / "exports.json", exports)
     if args.phase == "all":
         # time in a fresh interpreter: no idle torch thread pool beside the ONNX Runtime sessions
-        cmd = [sys.executable, __file__, "--phase", "time", *forward_args(args)]
+        cmd = [sys.executable, script, "--phase", "time", *forward_args(args)]
         return subprocess.call(cmd)
     if args.phase == "time":
         from slab_edge.io import atomic_write_json
@@ -305,7 +319,13 @@ def main(argv=None) -> int:
         atomic_write_json(args.out / "results.json", results)
         print(table(results))
         print(f"\nresults: {args.out / 'results.json'}")
+        if failed is not None and failed(results):
+            return 1
     return 0
+
+
+def main(argv=None) -> int:
+    return run_phases(parse(argv), __file__, export_all, time_all, table, forward_args)
 
 
 if __name__ == "__main__":

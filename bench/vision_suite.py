@@ -15,6 +15,11 @@ What it measures (ONNX Runtime, CPUExecutionProvider, --threads 2, batch 1 unles
      torch.utils.flop_counter.FlopCounterMode, divided by the median latency; against this machine's fp32
      GEMM rate (ONNX Runtime MatMul 1024^3 on the same threads, measured in the same run, before and after
      the model timings; numpy's rate is reported too).
+  4. (issue 13) slab_deit_tiny exported with --custom-ops ort (fused SlabLinearAttention nodes run by the
+     slab custom-op library, `slab-edge build-ops ort`) vs its standard-op export vs deit_tiny, the three
+     interleaved, at 224 / 512 / 1024: the ratio SLAB-custom / DeiT against the goals of 1., and GFLOP/s at
+     batch 8, 224 against the GEMM rate. The row records the library it ran (null: the library was not
+     built and ONNX Runtime ran the file's function body instead).
 Goals from the issue are printed next to the results. Weights are random: latency does not depend on them.
 
 Two phases: `export` (torch: build, fold, export, count FLOPs -> exports.json) and `time` (torch-free:
@@ -39,6 +44,8 @@ SLAB = "slab_deit_tiny_patch16_224"
 DEIT = "deit_tiny_patch16_224"
 PREPBN = "deit_tiny_prepbn_patch16_224"
 SIZES = (224, 384, 512, 1024)
+#: resolutions of the custom-op row (issue 13)
+CUSTOM_OP_SIZES = (224, 512, 1024)
 
 #: issue 4 item 8: latency-ratio goals, and the multiply-add ratios the issue quotes for context
 LATENCY_GOALS = {224: 0.85, 512: 0.50, 1024: 0.22}
@@ -72,15 +79,25 @@ def count_flops(model, input_size: tuple[int, int, int], batch: int) -> int:
 
 
 def export_one(
-    name: str, size: int, out: Path, depth: int | None, parity: bool, log, opset: int = 18
+    name: str,
+    size: int,
+    out: Path,
+    depth: int | None,
+    parity: bool,
+    log,
+    opset: int = 18,
+    custom_ops: str = "none",
 ) -> dict[str, Any]:
-    """Build `name` at img_size=size (folded), export it to ONNX, count its FLOPs at batch 1 and 8."""
+    """Build `name` at img_size=size (folded), export it to ONNX, count its FLOPs at batch 1 and 8.
+
+    custom_ops "ort": the SLA cores as fused nodes (the FLOPs are counted on the same maths, unfused)."""
     import torch
 
     kwargs: dict[str, Any] = {"img_size": size}
     if depth is not None:
         kwargs["depth"] = depth
     suffix = ("" if depth is None else f"_d{depth}") + ("" if opset == 18 else f"_op{opset}")
+    suffix += "" if custom_ops == "none" else f"_{custom_ops}"
     path = out / "onnx" / f"{name}_{size}{suffix}.onnx"
     try:
         from slab_edge.export.checkpoint import prepare_model
@@ -88,6 +105,8 @@ def export_one(
 
         via = "slab_edge.export (prepare_model + export_model)"
     except ImportError:  # export package not installed: plain torch.onnx.export, same for every model
+        if custom_ops != "none":
+            raise
         prepare_model = export_model = None
         via = "torch.onnx.export (dynamo) fallback"
     t0 = time.perf_counter()
@@ -95,7 +114,7 @@ def export_one(
         prepared = prepare_model(name, model_kwargs=kwargs, fold=True)
         model, folded, input_size = prepared.model, prepared.folded, tuple(prepared.data_config["input_size"])
         if not path.exists():
-            export_model(prepared, path, opset=opset, parity=parity, log=log)
+            export_model(prepared, path, opset=opset, parity=parity, custom_ops=custom_ops, log=log)
     else:
         import timm
 
@@ -118,6 +137,7 @@ def export_one(
     entry = {
         "model": name,
         "img_size": size,
+        "custom_ops": custom_ops,
         "depth": depth,
         "path": str(path),
         "folded": bool(folded),
@@ -135,7 +155,8 @@ def phase_export(args: argparse.Namespace) -> Path:
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
-    print(f"[export] {len(args.sizes) * 2 + 1} models into {out / 'onnx'}", flush=True)
+    custom_sizes = [s for s in args.sizes if s in CUSTOM_OP_SIZES] if args.custom_ops else []
+    print(f"[export] {len(args.sizes) * 2 + 1 + len(custom_sizes)} models into {out / 'onnx'}", flush=True)
     entries = []
 
     def say(message: str) -> None:
@@ -145,6 +166,8 @@ def phase_export(args: argparse.Namespace) -> Path:
         for name in (SLAB, DEIT):
             entries.append(export_one(name, size, out, args.depth, args.parity, say, args.opset))
     entries.append(export_one(PREPBN, 224, out, args.depth, args.parity, say, args.opset))
+    for size in custom_sizes:
+        entries.append(export_one(SLAB, size, out, args.depth, args.parity, say, args.opset, "ort"))
     manifest = out / "exports.json"
     from slab_edge.io import atomic_write_json
 
@@ -190,6 +213,12 @@ def gemm_rates(threads: int, iters: int) -> dict[str, float]:
     }
 
 
+def export_key(entry: dict[str, Any]) -> tuple[str, int]:
+    """(model, img_size) of an export; a custom-op export's model reads `<model>[<custom_ops>]`."""
+    variant = entry.get("custom_ops", "none")
+    return (entry["model"] if variant == "none" else f"{entry['model']}[{variant}]", entry["img_size"])
+
+
 def phase_time(args: argparse.Namespace) -> dict[str, Any]:
     from slab_edge.io import atomic_write_json
     from slab_edge.runtime.benchmark import (
@@ -204,17 +233,15 @@ def phase_time(args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.out)
     manifest = json.loads((out / "exports.json").read_text())
-    exports = {(e["model"], e["img_size"]): e for e in manifest["exports"]}
+    exports = {export_key(e): e for e in manifest["exports"]}
     load_before = os.getloadavg()
     if load_before[0] > 0.5:
         print(f"WARNING: load average {load_before[0]:.1f}: other work is running; the timings will be "
               "unreliable (ratios less so: they are interleaved)", flush=True)  # fmt: skip
 
-    def pair(a_key, b_key, batch, iters, warmup) -> dict[str, Any]:
-        sessions = {
-            "A": load(exports[a_key]["path"], threads=args.threads),
-            "B": load(exports[b_key]["path"], threads=args.threads),
-        }
+    def interleaved(keys: dict[str, tuple[str, int]], batch, iters, warmup) -> dict[str, dict[str, Any]]:
+        """{label: latency stats + the model and custom-op library it ran} of sessions timed in turns."""
+        sessions = {label: load(exports[key]["path"], threads=args.threads) for label, key in keys.items()}
         try:
             rng = np.random.default_rng(0)
             feeds = {}
@@ -222,13 +249,24 @@ def phase_time(args: argparse.Namespace) -> dict[str, Any]:
                 c, h, w = session.metadata.get("input_size") or session.input.shape[1:]
                 feeds[key] = {session.input.name: rng.standard_normal((batch, c, h, w)).astype(np.float32)}
             times = time_interleaved(sessions, feeds, warmup=warmup, iters=iters)
+            libraries = {label: getattr(s, "custom_op_library", None) for label, s in sessions.items()}
         finally:
             for session in sessions.values():
                 session.close()
-        a = LatencyStats.from_seconds(times["A"], batch).to_json()
-        b = LatencyStats.from_seconds(times["B"], batch).to_json()
+        return {
+            label: {
+                "model": key[0],
+                **LatencyStats.from_seconds(times[label], batch).to_json(),
+                "custom_op_library": None if libraries[label] is None else str(libraries[label]),
+            }
+            for label, key in keys.items()
+        }
+
+    def pair(a_key, b_key, batch, iters, warmup) -> dict[str, Any]:
+        r = interleaved({"A": a_key, "B": b_key}, batch, iters, warmup)
+        a, b = r["A"], r["B"]
         ratios = {"ratio_p50": a["p50_ms"] / b["p50_ms"], "ratio_mean": a["mean_ms"] / b["mean_ms"]}
-        return {"A": {"model": a_key[0], **a}, "B": {"model": b_key[0], **b}, **ratios}
+        return {"A": a, "B": b, **ratios}
 
     results: dict[str, Any] = {"machine": machine_info(), "threads": args.threads, "provider": "cpu"}
     print(f"[time] ONNX Runtime CPU, {args.threads} threads; GEMM {GEMM_N}^3 first", flush=True)
@@ -270,6 +308,9 @@ def phase_time(args: argparse.Namespace) -> dict[str, Any]:
             "gemm_before": gemm_before, "gemm_after": gemm_after, "gemm_ceiling_gflops": ceiling,
             "goal_fraction": GEMM_FRACTION_GOAL, "goal_met": slab_gflops / ceiling >= GEMM_FRACTION_GOAL,
         }  # fmt: skip
+    custom = custom_op_rows(args, exports, interleaved, gemm_before)
+    if custom:
+        results["custom_ops"] = custom
     results["load_average_before"] = [round(x, 2) for x in load_before]
     results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -281,6 +322,45 @@ def phase_time(args: argparse.Namespace) -> dict[str, Any]:
     print(format_results(results))
     print(f"wrote {out / 'results.json'} and {out / 'latency_vs_resolution.png'}")
     return results
+
+
+def custom_op_rows(args, exports, interleaved, gemm_before) -> dict[str, Any] | None:
+    """Item 4: SLAB-DeiT-T with fused custom ops vs its standard export vs DeiT-T, interleaved per size."""
+    custom = f"{SLAB}[ort]"
+    sizes = [s for s in args.sizes if all(key in exports for key in ((custom, s), (SLAB, s), (DEIT, s)))]
+    if not sizes:
+        return None
+    print(f"[time] custom-op export ({custom}) vs standard export vs DeiT-T", flush=True)
+    rows = []
+    for size in sizes:
+        iters = args.iters_1024 if size >= 1024 else args.iters
+        keys = {"custom": (custom, size), "standard": (SLAB, size), "deit": (DEIT, size)}
+        r = interleaved(keys, 1, iters, args.warmup)
+        ratio = r["custom"]["p50_ms"] / r["deit"]["p50_ms"]
+        goal = LATENCY_GOALS.get(size)
+        rows.append({"img_size": size, "iters": iters, **r,
+                     "custom_vs_deit_p50": round(ratio, 4),
+                     "custom_vs_standard_p50": round(r["custom"]["p50_ms"] / r["standard"]["p50_ms"], 4),
+                     "goal": goal, "goal_met": None if goal is None else ratio <= goal})  # fmt: skip
+        print(f"  {size:>5}: custom {r['custom']['p50_ms']:9.2f} ms  standard "
+              f"{r['standard']['p50_ms']:9.2f} ms  DeiT {r['deit']['p50_ms']:9.2f} ms  "
+              f"custom/DeiT {ratio:.3f}", flush=True)  # fmt: skip
+    out: dict[str, Any] = {"resolution": rows}
+    if 224 in sizes and exports[(SLAB, 224)]["flops_bs8"]:
+        keys = {"custom": (custom, 224), "standard": (SLAB, 224)}
+        r = interleaved(keys, 8, args.iters_bs8, args.warmup)
+        gemm_after = gemm_rates(args.threads, args.gemm_iters)
+        ceiling = max(gemm_before["onnxruntime_gflops"], gemm_after["onnxruntime_gflops"])
+        flops = exports[(SLAB, 224)]["flops_bs8"]  # the same maths, counted unfused
+        gflops = {label: flops / (r[label]["p50_ms"] / 1e3) / 1e9 for label in keys}
+        out["gflops_bs8_224"] = {
+            **{label: {"latency_ms": r[label]["p50_ms"], "gflops": round(gflops[label], 1),
+                       "fraction_of_gemm": round(gflops[label] / ceiling, 3),
+                       "custom_op_library": r[label]["custom_op_library"]} for label in keys},
+            "gemm_after": gemm_after, "gemm_ceiling_gflops": ceiling, "goal_fraction": GEMM_FRACTION_GOAL,
+            "goal_met": gflops["custom"] / ceiling >= GEMM_FRACTION_GOAL,
+        }  # fmt: skip
+    return out
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -348,6 +428,28 @@ def format_results(results: dict[str, Any]) -> str:
             f"{g['deit']['fraction_of_gemm']:.0%} (issue: 86% on an idle machine)"
         )
         lines.append(f"  GEMM ORT/numpy before {g['gemm_before']}, after {g['gemm_after']}")
+    c = results.get("custom_ops")
+    if c:
+        library = c["resolution"][0]["custom"]["custom_op_library"]
+        ran = library or "library NOT built: the function body ran"
+        lines.append(f"SLAB-DeiT-T with fused custom ops ({ran}):")
+        lines.append(f"{'size':>6} {'custom ms':>10} {'standard':>10} {'DeiT ms':>10} {'custom/DeiT':>12} "
+                     f"{'custom/std':>11} {'goal':>6}  met")  # fmt: skip
+        for r in c["resolution"]:
+            goal = f"{r['goal']:.2f}" if r["goal"] is not None else "-"
+            met = "-" if r["goal_met"] is None else ("yes" if r["goal_met"] else "NO")
+            lines.append(f"{r['img_size']:>6} {r['custom']['p50_ms']:>10.2f} "
+                         f"{r['standard']['p50_ms']:>10.2f} {r['deit']['p50_ms']:>10.2f} "
+                         f"{r['custom_vs_deit_p50']:>12.3f} "
+                         f"{r['custom_vs_standard_p50']:>11.3f} {goal:>6}  {met}")  # fmt: skip
+        g = c.get("gflops_bs8_224")
+        if g:
+            lines.append(
+                f"  batch 8 @224: custom {g['custom']['gflops']:.1f} GFLOP/s = "
+                f"{g['custom']['fraction_of_gemm']:.0%} of {g['gemm_ceiling_gflops']:.1f} (goal >= "
+                f"{g['goal_fraction']:.0%}: {'yes' if g['goal_met'] else 'NO'}); standard "
+                f"{g['standard']['gflops']:.1f} GFLOP/s = {g['standard']['fraction_of_gemm']:.0%}"
+            )
     lines.append(
         f"load average before {results['load_average_before']}, after {results['load_average_after']}"
     )
@@ -373,6 +475,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gemm-iters", type=int, default=20)
     parser.add_argument("--depth", type=int, default=None, help="reduced depth for every model (smoke tests)")
     parser.add_argument("--no-parity", dest="parity", action="store_false", help="skip export parity checks")
+    parser.add_argument("--no-custom-ops", dest="custom_ops", action="store_false",
+                        help="skip item 4 (SLAB-DeiT-T exported with --custom-ops ort)")  # fmt: skip
     parser.add_argument(
         "--smoke",
         action="store_true",

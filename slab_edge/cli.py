@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "top-1 accuracy of a checkpoint on a data set"),
     "export": ("export", "export a (deploy) checkpoint to ONNX: fp32, fp16-mixed, int8 QDQ"),
     "build": ("build", "build a TensorRT / TensorRT-RTX engine from an ONNX file"),
+    "build-ops": ("build_ops", "build the native SLA libraries (ORT custom ops, CUDA kernel, TRT plugin)"),
     "infer": ("infer", "classify images with an .onnx or .engine model (torch-free)"),
     "bench": ("bench", "latency / throughput / memory of one or two models, side by side"),
     "compare": ("compare", "torch vs ONNX Runtime vs TensorRT outputs on the same inputs"),

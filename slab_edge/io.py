@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; on success its files are renamed into `path`.
+
+    For outputs that must be checked together under their final names (a tool that loads a whole folder)
+    before any of them replaces what `path` holds. Files of `path` not in the stage are left alone.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield stage
+        target.mkdir(exist_ok=True)
+        for file in sorted(stage.iterdir()):
+            if not file.is_file():
+                raise IsADirectoryError(f"staged_folder holds files only, got {file.name}/")
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(file, target / file.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -20,6 +20,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         "use_tf32=0 for exact fp32 GEMMs; device_id=1)",
     )
     group.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    add_custom_op_library_argument(group)
     group.add_argument(
         "--graph-optimization",
         default="all",
@@ -35,6 +36,21 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="TensorRT DLA engine: core to run on (default: sidecar)",
+    )
+    group.add_argument(
+        "--plugin",
+        metavar="LIB",
+        default=None,
+        help="TensorRT plugin library to load before deserializing (default: the one the sidecar names)",
+    )
+
+
+def add_custom_op_library_argument(parser) -> None:
+    parser.add_argument(
+        "--custom-op-library",
+        metavar="PATH",
+        help="ONNX Runtime: the slab custom-op library for models with fused SLA nodes (default: the built "
+        "one, from slab-edge build-ops)",
     )
 
 
@@ -58,9 +74,10 @@ def session_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
             "provider": args.provider,
             "threads": args.threads,
             "graph_optimization": args.graph_optimization,
+            "custom_op_library": args.custom_op_library,
         }
         provider_options = parse_provider_options(args.provider_option)
         if provider_options:
             options["provider_options"] = provider_options
         return options
-    return {"memory": args.memory, "device": args.device, "dla_core": args.dla_core}
+    return {"memory": args.memory, "device": args.device, "dla_core": args.dla_core, "plugin": args.plugin}

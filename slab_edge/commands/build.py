@@ -3,6 +3,7 @@
     slab-edge build model.fp16.onnx                          # engine beside the ONNX, batch 1..8
     slab-edge build model.onnx --precision fp16 --timing-cache trt.cache --workspace 1024   # TensorRT 10
     slab-edge build model.fp16.onnx --dla-core 0 --gpu-fallback --opt-batch 1             # Jetson DLA
+    slab-edge build model.trt.onnx --plugin libslab_trt_plugin.so           # fused SLA plugin, TensorRT 10/11
 
 TensorRT 10 is weakly typed (builder flags pick fp16/int8; the SLA core is pinned to fp32); TensorRT 11
 and TensorRT-RTX are strongly typed: build the fp16 / int8 ONNX (`slab-edge export --precision ...`).
@@ -49,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      default="none")  # fmt: skip
     cfg.add_argument("--compute-capability", nargs="+", default=[], metavar="CC",
                      help="TensorRT-RTX targets, e.g. 8.6 8.9 12.0 (default: the builder's)")  # fmt: skip
+    cfg.add_argument("--plugin", metavar="LIB", default=None,
+                     help="TensorRT plugin library to load before parsing (default: slab-edge's built "
+                     "libslab_trt_plugin.so when the ONNX has SlabLinearAttention nodes); recorded in the "
+                     "sidecar for the runtime")  # fmt: skip
     dla = parser.add_argument_group("Jetson DLA (fixed shapes; fp16/int8 only)")
     dla.add_argument("--dla-core", type=int, default=None, help="build for this DLA core")
     dla.add_argument("--gpu-fallback", action="store_true", help="run layers DLA cannot on the GPU")
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         compute_capabilities=tuple(args.compute_capability),
         pin_sla_core_fp32=not args.no_sla_fp32,
         builder=args.builder,
+        plugin=args.plugin,
         progress=not args.no_progress,
         verbose=args.verbose,
     )

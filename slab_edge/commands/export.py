@@ -3,6 +3,7 @@
     slab-edge export slab_deit_digits --checkpoint runs/digits -o digits.onnx --precision fp32 fp16 int8 \\
         --calib-data digits
     slab-edge export slab_deit_tiny_patch16_224 --model-kwargs '{"embed_dim": 24}' -o tiny.onnx
+    slab-edge export slab_deit_tiny_patch16_224 -o fused.onnx --custom-ops ort     # fused SLA nodes
 
 A training checkpoint is folded first; a deploy checkpoint loads into the deploy structure. Every file is
 compared with PyTorch on random and real (digits) inputs before it is written; the numbers are printed.
@@ -33,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="torch.onnx path (default dynamo; torchscript: legacy fallback)")  # fmt: skip
     graph.add_argument("--static-batch", action="store_true", help="fixed batch (default: dynamic)")
     graph.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    graph.add_argument("--custom-ops", choices=["none", "ort", "trt"], default="none",
+                       help="SLA cores as fused SlabLinearAttention nodes: 'ort' with a function body (runs "
+                       "everywhere; fast with the slab ONNX Runtime library), 'trt' without (TensorRT "
+                       "plugin); default 'none': standard ops")  # fmt: skip
+    graph.add_argument("--custom-op-library", metavar="PATH", help="slab ONNX Runtime library for the "
+                       "parity check of a --custom-ops export (default: the built one)")  # fmt: skip
     int8 = parser.add_argument_group("int8")
     int8.add_argument("--calib-data", help="calibration images: a folder (recursive) or 'digits'")
     int8.add_argument("--calib-count", type=int, default=64, help="calibration images used (default 64)")
@@ -96,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         calibration=args.calib_data,
         calibration_count=args.calib_count,
         int8_per_channel=not args.per_tensor,
+        custom_ops=args.custom_ops,
+        custom_op_library=args.custom_op_library,
         log=print,
     )
     if args.json:
@@ -112,5 +121,8 @@ def _summary(report) -> dict:
         "nodes": sum(report.op_counts.values()),
         "op_counts": report.op_counts,
         "sla_core_nodes": report.sla_core_nodes,
+        "custom_ops": report.custom_ops,
+        "custom_op_nodes": report.custom_op_nodes,
+        "parity_note": report.parity_note,
         "parity": [asdict(p) for p in report.parity],
     }

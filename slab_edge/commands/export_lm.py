@@ -2,6 +2,8 @@
 
     slab-edge export-lm runs/lm-tiny-sla-prepbn -o runs/lm-tiny-sla-prepbn/onnx
     slab-edge generate runs/lm-tiny-sla-prepbn/onnx --prompt "def main(" --max-new-tokens 64
+    slab-edge export-lm runs/lm-tiny-sla-prepbn --ops ort    # on ONNX Runtime >= 1.25.1's recurrent ops
+    slab-edge export-lm runs/lm-tiny-sla-prepbn --format genai  # onnxruntime-genai folder: <run>/genai
 
 Prints the folding parity and the ONNX Runtime vs PyTorch parity (prefill logits and state, decode-step
 logits, greedy tokens through the torch-free generation loop); an export that fails them writes nothing.
@@ -15,7 +17,16 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="train-lm run folder, its model.safetensors, or a checkpoint manifest")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="export folder (default <run>/onnx)")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="export folder (default <run>/onnx, <run>/genai)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("slab", "genai"),
+        default="slab",
+        help="slab: prefill + decode graphs for slab-edge generate (default); genai: one graph, "
+        "genai_config.json and tokenizer files for onnxruntime-genai",
+    )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     parser.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch checks")
@@ -24,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity check")
     parser.add_argument("--save-folded", type=Path, default=None, help="also write the folded weights here")
+    parser.add_argument(
+        "--ops",
+        choices=("standard", "ort"),
+        default="standard",
+        help="standard: ONNX ops only (any runtime; default); ort: GLA/SLA layers on ONNX Runtime's "
+        "com.microsoft.LinearAttention and CausalConvWithState (needs onnxruntime >= 1.25.1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         output = args.output
     else:
-        output = (source if source.is_dir() else source.parent) / "onnx"
+        output = (source if source.is_dir() else source.parent) / (
+            "genai" if args.format == "genai" else "onnx"
+        )
     report = export_lm(
         source,
         output,
@@ -43,11 +63,13 @@ def run(args: argparse.Namespace) -> int:
         parity_tokens=args.parity_tokens,
         threads=args.threads,
         save_folded=args.save_folded,
+        ops=args.ops,
+        format=args.format,
     )
     lines = report.lines() if not args.no_parity else report.lines()[:1] + report.lines()[-1:]
     for line in lines:
         print(f"[slab-edge export-lm] {line}")
     print(
-        f"[slab-edge export-lm] wrote {report.folder}/prefill.onnx and decode.onnx in {report.seconds:.1f} s"
+        f"[slab-edge export-lm] wrote {', '.join(report.files)} to {report.folder} in {report.seconds:.1f} s"
     )
     return 0

@@ -2,6 +2,7 @@
 
     slab-edge generate runs/lm/export --prompt "def main(" --max-new-tokens 64
     slab-edge generate runs/lm/export --prompt-file prompt.txt --temperature 0.8 --top-p 0.95 --seed 1
+    slab-edge generate runs/lm/genai --prompt "def main("      # an export-lm --format genai folder
 
 The text goes to stdout as it is generated; the statistics (prompt tokens, prefill time, decode tokens/s)
 go to stderr at the end, so `> out.txt` captures only text.
@@ -13,9 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from slab_edge.commands._runtime_args import add_custom_op_library_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="export-lm folder (prefill.onnx + decode.onnx) or one of its .onnx")
+    parser.add_argument(
+        "model",
+        help="export-lm folder (prefill.onnx + decode.onnx) or one of its .onnx, or an export-lm --format "
+        "genai folder (runs on onnxruntime-genai: its own sampler, always stops at EOS)",
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", type=Path, help="read the prompt from this UTF-8 file")
@@ -33,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu | cuda | tensorrt")
+    add_custom_op_library_argument(parser)
     parser.add_argument("--no-echo", action="store_true", help="do not print the prompt before the output")
     parser.add_argument("--no-stop", action="store_true", help="keep going after an end-of-text token")
 
@@ -40,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from slab_edge.data.text_tokenizer import tokenizer_from_path
     from slab_edge.errors import InputError
+    from slab_edge.runtime.genai import is_genai_folder, open_genai
     from slab_edge.runtime.generate import Sampler, open_lm
 
     if args.max_new_tokens < 1:
@@ -56,7 +65,18 @@ def run(args: argparse.Namespace) -> int:
     sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     tokenizer = tokenizer_from_path(args.tokenizer) if args.tokenizer else None
 
-    with open_lm(args.model, tokenizer=tokenizer, threads=args.threads, provider=args.provider) as lm:
+    opener = open_genai if is_genai_folder(args.model) else open_lm
+    options = {"tokenizer": tokenizer, "threads": args.threads, "provider": args.provider}
+    if opener is open_genai:
+        if args.no_stop:
+            raise InputError(
+                "--no-stop: onnxruntime-genai always stops at its EOS token (use a slab-format export)"
+            )
+        if args.custom_op_library:
+            raise InputError("--custom-op-library: an onnxruntime-genai folder loads no custom-op library")
+    else:
+        options["custom_op_library"] = args.custom_op_library
+    with opener(args.model, **options) as lm:
         prompt_ids = lm.tokenizer.encode(prompt)
         if not prompt_ids:
             raise InputError("the prompt encodes to no tokens")

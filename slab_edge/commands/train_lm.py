@@ -1,7 +1,8 @@
-"""`slab-edge train-lm`: train SLAB-LM (sla | gla | softmax; rmsnorm | prepbn) on text, resumable, torchrun.
+"""`slab-edge train-lm`: train SLAB-LM (sla | gla | softmax, or hybrids; rmsnorm | prepbn), resumable.
 
 slab-edge train-lm                                          # tiny SLA/PRepBN LM on Python's stdlib sources
 slab-edge train-lm --attention gla --steps 300 --output runs/lm-gla
+slab-edge train-lm --attention sla --attention-pattern LLLS --model-kwargs "{num_layers: 4}"   # 3:1 hybrid
 slab-edge train-lm --corpus my_texts/ --tokenizer bpe --bpe-vocab 4096
 slab-edge train-lm --resume runs/lm-gla --steps 600          # continue (here: extend) a run exactly
 torchrun --nproc-per-node 8 -m slab_edge.cli train-lm --model 350m --amp bf16 --batch-size 8 --seq-len 2048

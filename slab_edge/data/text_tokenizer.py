@@ -71,6 +71,21 @@ class ByteTokenizer:
         """Nothing to write; returns the spec for the metadata."""
         return BYTE_SPEC
 
+    def to_json(self) -> str:
+        """This tokenizer as a Hugging Face tokenizer.json: a byte-level BPE of the 256 bytes, no merges.
+
+        Id b is the byte-level character of byte b, so any tool reading the file (onnxruntime-genai,
+        transformers) maps text to exactly our ids and ids back to exactly their bytes.
+        """
+        tokenizers = _import_tokenizers()
+        alphabet = byte_level_alphabet()
+        tok = tokenizers.Tokenizer(
+            tokenizers.models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[])
+        )
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = tokenizers.decoders.ByteLevel()
+        return tok.to_str()
+
 
 class BPETokenizer:
     """A byte-level BPE tokenizer (`tokenizers` JSON file); ids map back to exact bytes."""

@@ -411,6 +411,38 @@ def merge_duplicate_producers(model) -> int:
     return dropped
 
 
+def drop_untyped_value_info(model) -> int:
+    """Remove value_info entries without a type, or with a tensor type of no element type (in place).
+    Returns how many went.
+
+    onnxslim writes such entries for the outputs of nodes it has no schema or shape rule for (ONNX
+    Runtime's com.microsoft contrib ops, the fused SLA node): onnx.checker rejects the empty element type,
+    and a typeless duplicate hides the typed entry from tools that read the first one. value_info is
+    optional anyway.
+    """
+
+    def typed(value) -> bool:
+        kind = value.type.WhichOneof("value")
+        return kind is not None and (kind != "tensor_type" or value.type.tensor_type.elem_type != 0)
+
+    keep = [v for v in model.graph.value_info if typed(v)]
+    dropped = len(model.graph.value_info) - len(keep)
+    if dropped:
+        copies = [type(v)() for v in keep]  # copies: the kept messages belong to the field being cleared
+        for copy, value in zip(copies, keep):
+            copy.CopyFrom(value)
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(copies)
+    return dropped
+
+
+def copy_model(model):
+    """A deep copy of an onnx.ModelProto."""
+    out = type(model)()
+    out.CopyFrom(model)
+    return out
+
+
 def _replace_nodes(graph, nodes: list) -> None:
     copies = [type(node)() for node in nodes]
     for copy, node in zip(copies, nodes):

@@ -5,8 +5,9 @@
 
 The state of every layer is explicit: for SLA S [B, H, d, d] and z [B, H, d] (attention state and its
 normalizer, float32) and conv [B, C, W-1] (the short conv's last inputs); for GLA S [B, H, d_k, d_v] (the
-gate is computed from the input, so it carries no state); for the softmax baseline k_cache / v_cache
-[B, H, past_len, d]. Names and shapes are written to the metadata key ``state_layout`` (symbolic dims
+gate is computed from the input, so it carries no state); for softmax attention k_cache / v_cache
+[B, H, past_len, d]. A hybrid (attention_pattern) mixes them layer by layer: its softmax layers' KV caches
+share one past_len. Names and shapes are written to the metadata key ``state_layout`` (symbolic dims
 "batch" and "past_len"), next to ``tokenizer``, ``vocab_size`` and ``max_prompt_len`` (null: any length).
 
 The prefill graph is the chunkwise form with a dynamic prompt length T, made of standard ops only: states
@@ -18,11 +19,16 @@ PRepBN norms are folded (`reparameterize_model`) before export; the folding pari
 PyTorch parity (prefill logits and state, step-by-step logits, greedy tokens through the torch-free
 generation loop) are measured on the written temp files before they are renamed into place: an export that
 fails a check writes nothing.
+
+`ops="ort"` writes the same two graphs on ONNX Runtime's recurrent contrib ops instead (GLA and SLA layers
+as com.microsoft.LinearAttention / CausalConvWithState, softmax layers unchanged; SLA's S and z travel as
+one state "Sz"): see slab_edge/export/lm_ort_ops.py. Its parity is measured against the same folded model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import time
@@ -39,9 +45,11 @@ from slab_edge.errors import BackendError, InputError, SlabEdgeError
 from slab_edge.io import atomic_path
 from slab_edge.runtime.generate import BATCH_DIM, DECODE_FILE, INPUT_IDS, LOGITS, PAST_DIM, PREFILL_FILE
 
-__all__ = ["LMExportReport", "export_lm", "fold_lm", "lm_state_layout", "prepare_lm"]
+__all__ = ["LMExportReport", "export_lm", "lm_state_layout", "prepare_lm"]
 
 DEFAULT_OPSET = 18
+#: export-lm --format: slab-edge's two-graph folder, or an onnxruntime-genai folder
+EXPORT_FORMATS = ("slab", "genai")
 #: ORT vs PyTorch logits, fp32, absolute (also the brief's step-logit goal)
 LOGIT_TOLERANCE = 1e-4
 #: metadata tokenizer of graphs exported without one (decode benchmarks of random models)
@@ -64,21 +72,36 @@ class LMExportReport:
     state_bytes: int = 0  #: the decode state of one sequence (at past_len 0 for a KV cache)
     nodes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    genai_max_abs: float | None = None  #: onnxruntime-genai's logits along its greedy loop (genai format)
+    greedy_note: str = ""  #: why greedy tokens were not compared, when they were not
+    files: list[str] = field(default_factory=list)  #: the files written into `folder`
 
     def lines(self) -> list[str]:
         fold = (
             "nothing to fold (RMSNorm)" if self.fold_max_abs is None else f"max|diff| {self.fold_max_abs:.2e}"
         )
         same, total = self.greedy_match
-        return [
+        ops = self.metadata.get("ops", "standard")
+        if "min_onnxruntime" in self.metadata:
+            ops += f" (needs onnxruntime >= {self.metadata['min_onnxruntime']})"
+        runner = "onnxruntime-genai" if self.genai_max_abs is not None else "the torch-free runtime"
+        greedy = self.greedy_note or f"{same}/{total} tokens identical to PyTorch generate() ({runner})"
+        lines = [
             f"folding (PyTorch, folded vs unfolded logits): {fold}",
             f"prefill (ORT vs PyTorch): logits max|diff| {self.prefill_max_abs:.2e}, "
             f"state max|diff| {self.state_max_abs:.2e}",
             f"decode steps (ORT vs PyTorch): logits max|diff| {self.step_max_abs:.2e} "
             f"(tol {LOGIT_TOLERANCE:.0e})",
-            f"greedy generation: {same}/{total} tokens identical to PyTorch generate()",
-            f"state per sequence: {self.state_bytes:,} bytes; nodes: prefill {self.nodes.get('prefill', 0)}, "
-            f"decode {self.nodes.get('decode', 0)}",
+        ]
+        if self.genai_max_abs is not None:
+            lines.append(
+                f"onnxruntime-genai greedy loop vs PyTorch: logits max|diff| {self.genai_max_abs:.2e}"
+            )
+        nodes = ", ".join(f"{name} {count}" for name, count in self.nodes.items())
+        return [
+            *lines,
+            f"greedy generation: {greedy}",
+            f"state per sequence: {self.state_bytes:,} bytes; nodes: {nodes}; ops: {ops}",
         ]
 
 
@@ -149,25 +172,6 @@ class _DecodeGraph(nn.Module):
 # model preparation
 
 
-def fold_lm(model: nn.Module, prompt: torch.Tensor | None = None) -> tuple[nn.Module, float | None]:
-    """(folded eval-mode copy, max |logit diff| folded vs unfolded) — None when no norm is foldable."""
-    from slab_edge.layers.norms import norm_affine
-    from slab_edge.layers.reparam import reparameterize_model
-
-    model = model.eval()
-    foldable = any(norm_affine(m) is not None for m in model.modules())
-    folded = reparameterize_model(model)
-    if not foldable:
-        return folded, None
-    if prompt is None:
-        prompt = torch.randint(
-            0, model.config.vocab_size, (2, 80), generator=torch.Generator().manual_seed(0)
-        )
-    with torch.no_grad():
-        diff = (model(prompt) - folded(prompt)).abs().max().item()
-    return folded, float(diff)
-
-
 def prepare_lm(source: str | os.PathLike | nn.Module) -> tuple[nn.Module, dict[str, Any], Path | None]:
     """(eval-mode CPU model with chunk-form attention, its metadata, folder holding its tokenizer file)."""
     if isinstance(source, nn.Module):
@@ -198,9 +202,18 @@ def _example_inputs(model: nn.Module, batch: int, seq: int, past: int) -> tuple[
 
 
 def _export_graph(
-    wrapper: nn.Module, example: tuple, layout: list[dict], seq_dim: bool, opset: int, optimize: bool = True
+    wrapper: nn.Module,
+    example: tuple,
+    layout: list[dict],
+    seq_dim: bool,
+    opset: int,
+    optimize: bool = True,
+    translations: dict | None = None,
 ):
-    """torch.onnx.export (dynamo) with dynamic batch, prompt length (prefill) and KV-cache length."""
+    """torch.onnx.export (dynamo) with dynamic batch, prompt length (prefill) and KV-cache length.
+
+    `translations`: custom_translation_table for custom torch ops (the contrib ops of lm_ort_ops).
+    """
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("T", min=1, max=_MAX_DYNAMIC)
     past = torch.export.Dim("past_len", min=0, max=_MAX_DYNAMIC)
@@ -226,6 +239,7 @@ def _export_graph(
                 dynamic_shapes={"input_ids": ids_dims, "past": tuple(state_dims)},
                 verbose=False,
                 optimize=optimize,
+                custom_translation_table=translations,
             )
     except SlabEdgeError:
         raise
@@ -256,8 +270,12 @@ def _parity(
     report: LMExportReport,
     parity_tokens: int,
     threads: int | None,
+    graph_state=tuple,
 ) -> None:
-    """Fill the report's ORT vs PyTorch numbers from the written (temp) files."""
+    """Fill the report's ORT vs PyTorch numbers from the written (temp) files.
+
+    `graph_state` maps the model's flat state to the graphs' state layout (identity for standard ops).
+    """
     from slab_edge.runtime.generate import LanguageModel
     from slab_edge.runtime.onnxruntime_session import OnnxRuntimeSession
 
@@ -275,7 +293,7 @@ def _parity(
         report.prefill_max_abs = float(np.abs(ort_logits - ref_logits[0, -1].numpy()).max())
         report.state_max_abs = max(
             float(np.abs(ort_state[e["input"]] - t.numpy()).max())
-            for e, t in zip(lm.metadata["state_layout"], ref_state)
+            for e, t in zip(lm.metadata["state_layout"], graph_state(ref_state))
         )
         report.state_bytes = lm.state_bytes(lm.initial_state())
         # decode steps from the same state, feeding the same tokens to both
@@ -301,7 +319,7 @@ def _parity(
 
 
 def _check_parity(report: LMExportReport) -> None:
-    worst = max(report.prefill_max_abs, report.step_max_abs)
+    worst = max(report.prefill_max_abs, report.step_max_abs, report.genai_max_abs or 0.0)
     if not worst <= LOGIT_TOLERANCE:  # also catches NaN
         raise BackendError(
             f"ONNX Runtime disagrees with PyTorch: logits max|diff| {worst:.2e} > {LOGIT_TOLERANCE:.0e} "
@@ -324,8 +342,12 @@ def export_lm(
     save_folded: str | os.PathLike | None = None,
     meta: dict[str, Any] | None = None,
     graphs: tuple[str, ...] = ("prefill", "decode"),
+    ops: str = "standard",
+    format: str = "slab",
 ) -> LMExportReport:
     """Fold and export a SLAB-LM to `output`/prefill.onnx + decode.onnx (+ tokenizer.json for BPE).
+
+    format "genai" writes an onnxruntime-genai folder instead (slab_edge.export.lm_genai).
 
     Args:
         source: a train-lm run folder, model.safetensors, checkpoint manifest, or a SlabLM module.
@@ -339,12 +361,22 @@ def export_lm(
         meta: metadata of a module `source` (tokenizer spec, size, attention, norm); files carry their own.
             tokenizer "none" exports graphs without a tokenizer (benchmarks; no parity check).
         graphs: which graphs to write ("prefill", "decode"); benchmarks of decoding need only "decode".
+        ops: "standard" (ONNX ops only, any runtime) or "ort" (ONNX Runtime >= 1.25.1's LinearAttention
+            and CausalConvWithState for GLA / SLA layers; see lm_ort_ops).
+        format: "slab" (prefill + decode graphs for slab_edge.runtime) | "genai" (one graph,
+            genai_config.json and Hugging Face tokenizer files for onnxruntime-genai; `graphs` is ignored).
     """
     from slab_edge import __version__
     from slab_edge.data.text_tokenizer import ByteTokenizer, load_tokenizer
 
     if opset < 17:
         raise InputError(f"opset {opset} is too old: slab-edge exports need opset >= 17")
+    from slab_edge.export.lm_ort_ops import OPS
+
+    if ops not in OPS:
+        raise InputError(f"ops must be one of {', '.join(OPS)}, got {ops!r}")
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     unknown = sorted(set(graphs) - {"prefill", "decode"})
     if unknown or not graphs:
         raise InputError(f"graphs must be a non-empty subset of prefill, decode; got {list(graphs)}")
@@ -365,12 +397,22 @@ def export_lm(
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"export-lm output {folder} is a file; give a folder")
+    from slab_edge.models.slab_lm import fold_lm
+
     folded, fold_diff = fold_lm(model)
     folded = folded.cpu().eval()
 
     cfg = model.config
-    name = f"slab_lm_{meta.get('size', 'custom')}_{cfg.attention}_{cfg.norm}"
-    layout = lm_state_layout(folded)
+    name = f"slab_lm_{meta.get('size', 'custom')}_{cfg.attention_label}_{cfg.norm}"
+    graph_model, graph_state, translations = folded, tuple, None
+    if ops == "ort":  # GLA / SLA layers on ONNX Runtime's contrib ops, softmax layers as they are
+        from slab_edge.export import lm_ort_ops
+
+        graph_model = lm_ort_ops.ort_ops_model(folded)
+        graph_state = functools.partial(lm_ort_ops.to_graph_state, graph_model)
+        translations = lm_ort_ops.TRANSLATIONS
+    layout = lm_state_layout(graph_model)
+    ops_meta = lm_ort_ops.ort_ops_metadata(graph_model, layout) if ops == "ort" else {"ops": "standard"}
     common = {
         "model": name,
         "version": __version__,
@@ -380,15 +422,46 @@ def export_lm(
         "state_layout": layout,
         "vocab_size": int(cfg.vocab_size),
         "dynamic_batch": True,
+        **ops_meta,
     }
+    if format == "genai":
+        from slab_edge.export.lm_genai import export_lm_genai
+
+        report = LMExportReport(folder=folder, metadata=common, fold_max_abs=fold_diff)
+        report.seconds = time.perf_counter() - start
+        export_lm_genai(
+            folded,
+            folder,
+            common,
+            tokenizer,
+            report,
+            opset,
+            simplify,
+            parity,
+            parity_tokens,
+            threads,
+            graph_model=graph_model,
+            translations=translations,
+        )
+        if save_folded is not None:
+            from slab_edge.train.checkpoint import write_safetensors
+
+            write_safetensors(save_folded, folded.state_dict(), {**meta, "deploy": True, "folded": True})
+        return report
     protos = {}
     if "prefill" in graphs:
-        proto = _export_graph(_PrefillGraph(folded), _example_inputs(folded, 2, 70, 3), layout, True, opset)
+        example = _example_inputs(graph_model, 2, 70, 3)
+        proto = _export_graph(
+            _PrefillGraph(graph_model), example, layout, True, opset, translations=translations
+        )
         protos[PREFILL_FILE] = _finish(
             proto, {**common, "task": "lm-prefill", "max_prompt_len": None}, simplify
         )
     if "decode" in graphs:
-        proto = _export_graph(_DecodeGraph(folded), _example_inputs(folded, 2, 1, 3), layout, False, opset)
+        example = _example_inputs(graph_model, 2, 1, 3)
+        proto = _export_graph(
+            _DecodeGraph(graph_model), example, layout, False, opset, translations=translations
+        )
         protos[DECODE_FILE] = _finish(proto, {**common, "task": "lm-decode", "max_prompt_len": 1}, simplify)
 
     from slab_edge.io import check_writable_dir
@@ -397,6 +470,10 @@ def export_lm(
     check_writable_dir(folder)
     report = LMExportReport(folder=folder, metadata=common, fold_max_abs=fold_diff)
     report.nodes = {file.split(".")[0]: len(proto.graph.node) for file, proto in protos.items()}
+    report.files = [
+        *protos,
+        *([tokenizer.file_name] if tokenizer is not None and tokenizer.kind == "bpe" else []),
+    ]
     import onnx
 
     # every file is written under a temp name, checked, and renamed only when all of them are good
@@ -415,9 +492,8 @@ def export_lm(
                 folded_tmp = stack.enter_context(atomic_path(save_folded))
                 write_safetensors(folded_tmp, folded.state_dict(), {**meta, "deploy": True, "folded": True})
             if parity:
-                _parity(
-                    folded, temps[PREFILL_FILE], temps[DECODE_FILE], tokenizer, report, parity_tokens, threads
-                )
+                paths = temps[PREFILL_FILE], temps[DECODE_FILE]
+                _parity(folded, *paths, tokenizer, report, parity_tokens, threads, graph_state)
                 _check_parity(report)
     except BaseException:
         if created and folder.is_dir() and not any(folder.iterdir()):

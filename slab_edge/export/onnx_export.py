@@ -9,6 +9,9 @@ from the TorchScript exporter), records each node's module scope (used to name n
 
 Every file passes `onnx.checker.check_model(full_check=True)` and, unless disabled, an ONNX Runtime vs
 PyTorch parity check before it is renamed into place: a file that fails is never written.
+
+`custom_ops="ort" | "trt"` writes every SLA core as one fused node (slab_edge.export.custom_ops): the ORT
+file carries a function body as well, the TRT file has the node alone.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import numpy as np
 
 from slab_edge.errors import BackendError, InputError, SlabEdgeError
 from slab_edge.export.checkpoint import PreparedModel
+from slab_edge.export.custom_ops import CUSTOM_OPS
 from slab_edge.export.graph import (
+    copy_model,
+    drop_untyped_value_info,
     op_type_counts,
     reorder_erf_gelu,
     scope_node_names,
@@ -78,6 +84,9 @@ class ExportReport:
     sla_core_nodes: int
     parity: list[ParityStats] = field(default_factory=list)
     seconds: float = 0.0
+    custom_ops: str = "none"  #: CUSTOM_OPS variant
+    custom_op_nodes: int = 0  #: fused SlabLinearAttention nodes
+    parity_note: str = ""  #: what the parity check ran (custom-op library, function body, or not run)
 
     def parity_max_abs(self) -> float:
         return max((p.max_abs for p in self.parity), default=float("nan"))
@@ -91,8 +100,11 @@ def torch_to_onnx(
     dynamic_batch: bool = True,
     exporter: str = "dynamo",
     example_batch: int = 2,
+    custom_ops: str = "none",
 ):
     """Trace `model` (eval mode) into an onnx.ModelProto with input `input` [B, C, H, W], output `logits`.
+
+    custom_ops "ort" / "trt": every SLA core becomes one SlabLinearAttention node (no function body yet).
 
     Raises:
         BackendError: the exporter rejects the model (message names the exporter and the first error line).
@@ -103,6 +115,11 @@ def torch_to_onnx(
         raise InputError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     if opset < 17:
         raise InputError(f"opset {opset} is too old: slab-edge exports need opset >= 17")
+    if custom_ops not in CUSTOM_OPS:
+        raise InputError(f"unknown custom-op variant {custom_ops!r}; choose one of {', '.join(CUSTOM_OPS)}")
+    fuse = custom_ops != "none"
+    if fuse and exporter != "dynamo":
+        raise InputError(f"--custom-ops {custom_ops} needs the dynamo exporter (not {exporter})")
     example = torch.randn(example_batch, *input_size, generator=torch.Generator().manual_seed(0))
     kwargs: dict[str, Any] = dict(
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset, dynamo=exporter == "dynamo"
@@ -113,9 +130,15 @@ def torch_to_onnx(
             kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
     elif dynamic_batch:
         kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    if fuse:
+        from slab_edge.export.custom_ops import translation_table
+
+        kwargs["custom_translation_table"] = translation_table()
     model = model.eval()
+    from slab_edge.ops.sla_fused import fused_sla
+
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), fused_sla("always" if fuse else "never"):
             warnings.simplefilter("ignore")  # tracer / deprecation chatter; the checks below are the judge
             if exporter == "dynamo":
                 program = torch.onnx.export(model, (example,), **kwargs)
@@ -150,6 +173,7 @@ def finalize_graph(proto, simplify: bool = True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             proto = onnxslim.slim(proto)
+    drop_untyped_value_info(proto)
     reorder_erf_gelu(proto)
     tag_sla_cores(proto)
     return proto
@@ -178,7 +202,9 @@ def check_onnx(proto) -> None:
         raise BackendError(f"exported ONNX fails onnx.checker: {first}") from None
 
 
-def export_metadata(prepared: PreparedModel, precision: str, dynamic_batch: bool) -> dict[str, Any]:
+def export_metadata(
+    prepared: PreparedModel, precision: str, dynamic_batch: bool, custom_ops: str = "none"
+) -> dict[str, Any]:
     from slab_edge import __version__
 
     cfg = prepared.data_config
@@ -196,6 +222,7 @@ def export_metadata(prepared: PreparedModel, precision: str, dynamic_batch: bool
         "crop_pct": cfg["crop_pct"],
         "labels": list(prepared.labels),
         "dynamic_batch": bool(dynamic_batch),
+        "custom_ops": custom_ops,
     }
 
 
@@ -212,14 +239,27 @@ def parity_inputs(metadata: dict[str, Any], batch: int = 2, real: bool = True) -
     return out
 
 
-def ort_session(model: Any, threads: int | None = None):
-    """onnxruntime CPU session from a ModelProto, bytes or path."""
+def ort_session(
+    model: Any,
+    threads: int | None = None,
+    custom_op_library: str | os.PathLike | None = None,
+    profile_prefix: str | os.PathLike | None = None,
+):
+    """onnxruntime CPU session from a ModelProto, bytes or path (with the slab custom-op library if given;
+    profiling to `<profile_prefix>_<date>.json` if given: `session.end_profiling()` returns the file)."""
     import onnxruntime as ort
+
+    from slab_edge.runtime.custom_ops import register_library
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if custom_op_library is not None:
+        register_library(options, custom_op_library)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     elif isinstance(model, (str, os.PathLike)):
@@ -274,14 +314,19 @@ def compare_logits(
 
 
 def check_parity(
-    torch_model, proto_or_path, inputs: dict[str, np.ndarray], precision: str, tolerance: float | None = None
+    torch_model,
+    proto_or_path,
+    inputs: dict[str, np.ndarray],
+    precision: str,
+    tolerance: float | None = None,
+    custom_op_library: str | os.PathLike | None = None,
 ) -> list[ParityStats]:
-    """ONNX Runtime vs PyTorch fp32 on each input set.
+    """ONNX Runtime vs PyTorch fp32 on each input set (ORT with the slab custom-op library if given).
 
     Tolerances: fp32 absolute (default 1e-4); fp16 relative to max |logit| (default 1e-2); int8 is
     reported only (tolerance = inf): its error depends on the calibration data, not on the export.
     """
-    session = ort_session(proto_or_path)
+    session = ort_session(proto_or_path, custom_op_library=custom_op_library)
     stats = []
     for name, batch in inputs.items():
         reference = torch_logits(torch_model, batch)
@@ -333,6 +378,8 @@ def export_model(
     calibration: str | os.PathLike | None = None,
     calibration_count: int = 64,
     int8_per_channel: bool = True,
+    custom_ops: str = "none",
+    custom_op_library: str | os.PathLike | None = None,
     log=None,
 ) -> list[ExportReport]:
     """Export `prepared` to ONNX in each requested precision; returns one report per file written.
@@ -343,6 +390,10 @@ def export_model(
         precisions: any of "fp32", "fp16" (mixed: SLA core in fp32), "int8" (QDQ, needs `calibration`).
         calibration: image folder or "digits", for int8.
         tolerance: override the fp32 (absolute) / fp16 (relative) parity tolerance.
+        custom_ops: "none" (standard ops), "ort" (fused node + function body) or "trt" (fused node alone).
+        custom_op_library: the slab ONNX Runtime custom-op library the parity check of a custom-op export
+            loads (default: the built one, slab_edge.native.find_library("ort"); without it the "ort"
+            file's function body runs and the "trt" file's parity is not checked).
         log: callable(str) for progress lines (None: silent).
 
     Raises:
@@ -362,15 +413,30 @@ def export_model(
         raise InputError(f"output must end in .onnx, got {output}")
     say = log or (lambda _msg: None)
 
+    from slab_edge.export import custom_ops as fused
+
     start = time.perf_counter()
-    raw = torch_to_onnx(prepared.model, prepared.data_config["input_size"], opset, dynamic_batch, exporter)
+    raw = torch_to_onnx(
+        prepared.model,
+        prepared.data_config["input_size"],
+        opset,
+        dynamic_batch,
+        exporter,
+        custom_ops=custom_ops,
+    )
+    if custom_ops != "none":
+        # every variant keeps the function body until it is written: shape inference, onnxslim, the fp16
+        # converter and the int8 calibrator (which runs the graph in ORT) read through it
+        fused.attach_function(raw)
     fp32 = finalize_graph(raw, simplify=simplify)
-    meta = export_metadata(prepared, "fp32", dynamic_batch)
+    meta = export_metadata(prepared, "fp32", dynamic_batch, custom_ops)
     set_metadata(fp32, meta)
     check_onnx(fp32)
+    custom_nodes = fused.check_custom_graph(fp32, "ort") if custom_ops != "none" else 0
     say(f"exported {prepared.name} ({prepared.source}) with torch.onnx {exporter}, opset {opset} "
         f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
     inputs = parity_inputs(meta, batch=parity_batch) if parity else {}
+    library, parity_note = _parity_library(custom_ops, custom_op_library, parity)
 
     reports: list[ExportReport] = []
     single = len(precisions) == 1
@@ -384,14 +450,20 @@ def export_model(
             proto = quantize_int8(fp32, calibration, calibration_count, per_channel=int8_per_channel, log=say)
         if precision != "fp32":
             set_metadata(proto, {**meta, "precision": precision})
+        if custom_ops == "trt":
+            proto = copy_model(proto)
+            fused.strip_function(proto)
+        if precision != "fp32" or custom_ops == "trt":
             check_onnx(proto)
+        if custom_ops != "none":
+            fused.check_custom_graph(proto, custom_ops)
         path = variant_path(output, precision, single)
         stats: list[ParityStats] = []
 
         def verify(tmp: Path, precision=precision, stats=stats) -> None:
-            if not parity:
+            if not parity or parity_note.startswith("not run"):
                 return
-            stats.extend(check_parity(prepared.model, tmp, inputs, precision, tolerance))
+            stats.extend(check_parity(prepared.model, tmp, inputs, precision, tolerance, library))
             failed = [s for s in stats if not s.passed]
             if failed:
                 raise SlabEdgeError(
@@ -407,10 +479,38 @@ def export_model(
             sla_core_nodes=len(sla_core_node_names(proto)),
             parity=stats,
             seconds=time.perf_counter() - t0,
+            custom_ops=custom_ops,
+            custom_op_nodes=custom_nodes,
+            parity_note=parity_note,
         )
         reports.append(report)
         nodes = sum(report.op_counts.values())
         say(f"wrote {path} ({precision}, {path.stat().st_size / 1e6:.2f} MB, {nodes} nodes)")
+        if custom_ops != "none":
+            body = "with its function body" if custom_ops == "ort" else "without function body (TensorRT)"
+            say(f"  {custom_nodes} fused {fused.OP_TYPE} nodes {body}; "
+                f"{report.sla_core_nodes} standard-op SLA-core nodes left; parity {parity_note}")  # fmt: skip
         for s in stats:
             say(f"  parity ORT vs PyTorch {s.line()}")
     return reports
+
+
+def _parity_library(
+    custom_ops: str, custom_op_library: str | os.PathLike | None, parity: bool
+) -> tuple[Path | None, str]:
+    """(custom-op library the parity check loads, what the check runs) for a custom-op variant."""
+    from slab_edge.native import find_library
+
+    if custom_ops == "none" or not parity:
+        return None, "" if parity else "not run (--no-parity-check)"
+    if custom_op_library is not None:
+        library = Path(custom_op_library)
+        if not library.is_file():
+            raise InputError(f"custom-op library not found: {library}")
+    else:
+        library = find_library("ort")
+    if library is not None:
+        return library, f"ran the slab custom-op library {library}"
+    if custom_ops == "ort":
+        return None, "ran the function body (slab custom-op library not built: slab-edge build-ops ort)"
+    return None, "not run: ONNX Runtime needs the slab custom-op library for it (slab-edge build-ops ort)"

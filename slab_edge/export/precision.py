@@ -2,7 +2,9 @@
 
 fp16: every node in fp16 except the SLA core (K^T V product, normalizer q . sum k + eps, division), which
 stays fp32 behind explicit Cast nodes: the form strongly typed builders (TensorRT 11, TensorRT-RTX) take
-as is, since they run every tensor in the type the ONNX gives it. Graph I/O stays fp32.
+as is, since they run every tensor in the type the ONNX gives it. Graph I/O stays fp32. The fused SLA node of
+a custom-op export (slab_edge.export.custom_ops) is no island: it takes fp16 I/O and accumulates in fp32
+inside (its kernels, plugin and function body alike), so it converts like any other node.
 INT8: ONNX Runtime static quantization, QDQ format, symmetric int8 activations and weights (zero point 0,
 what TensorRT consumes), per-channel weights, calibrated on real images preprocessed from the model's
 own metadata. The SLA core is excluded from quantization (it stays fp32, as in the fp16 variant).
@@ -20,6 +22,7 @@ from pathlib import Path
 from slab_edge.errors import BackendError
 from slab_edge.export.graph import (
     SLA_CORE_TAG,
+    copy_model,
     merge_duplicate_producers,
     remove_fp16_round_trips,
     sla_core_node_names,
@@ -35,14 +38,6 @@ FP32_CORE_OPS = ("MatMul", "ReduceSum", "Div")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 
 
-def _copy(proto):
-    import onnx
-
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
-
-
 def sla_core_input_types(proto) -> dict[str, list[int]]:
     """{SLA-core node name: elem types of its data inputs} for the MatMul/ReduceSum/Div of the core."""
     types = tensor_elem_types(proto)
@@ -54,11 +49,22 @@ def sla_core_input_types(proto) -> dict[str, list[int]]:
     return out
 
 
+def custom_node_io_types(proto) -> dict[str, list[int]]:
+    """{fused SLA node name: elem types of its inputs and its output} (custom-op exports)."""
+    from slab_edge.export.custom_ops import custom_nodes
+
+    nodes = custom_nodes(proto)
+    types = tensor_elem_types(proto) if nodes else {}
+    return {node.name: [types.get(x, 0) for x in [*node.input, *node.output]] for node in nodes}
+
+
 def convert_fp16(fp32_proto):
-    """fp16 ModelProto with the SLA core kept in fp32 (explicit Casts) and fp32 graph inputs/outputs.
+    """fp16 ModelProto with the SLA core kept in fp32 (explicit Casts) and fp32 graph inputs/outputs; a fused
+    SLA node gets fp16 inputs and output.
 
     Raises:
-        BackendError: if the converted graph does not compute the SLA core in fp32 (a converter change).
+        BackendError: if the converted graph does not compute the SLA core in fp32 or leaves a fused node
+            with other than fp16 I/O (a converter change).
     """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -66,7 +72,7 @@ def convert_fp16(fp32_proto):
     block = sla_core_node_names(fp32_proto)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proto = convert_float_to_float16(_copy(fp32_proto), keep_io_types=True, node_block_list=block)
+        proto = convert_float_to_float16(copy_model(fp32_proto), keep_io_types=True, node_block_list=block)
     merge_duplicate_producers(proto)
     topological_sort(proto)
     remove_fp16_round_trips(proto)
@@ -78,6 +84,10 @@ def convert_fp16(fp32_proto):
         raise BackendError(
             f"fp16 conversion left SLA-core node {name} outside fp32 (input types {not_fp32[name]})"
         )
+    not_fp16 = {k: v for k, v in custom_node_io_types(proto).items() if set(v) != {onnx.TensorProto.FLOAT16}}
+    if not_fp16:
+        name = next(iter(not_fp16))
+        raise BackendError(f"fp16 conversion left fused SLA node {name} with I/O types {not_fp16[name]}")
     return proto
 
 

@@ -8,8 +8,15 @@ Three builder families share one API (`Builder`, `OnnxParser`, `IBuilderConfig`)
                     the fp16 / int8 ONNX variants for reduced precision.
     TensorRT-RTX    (`tensorrt_rtx`) strongly typed only; builds on CPU-only machines; no DLA; timing
                     caches are no-ops; targets chosen by compute capability.
-Decisions (`plan_build`) are pure and unit-tested with a fake `trt` module; `apply_plan` makes the API
+Decisions (`plan_build`, `plan_plugin`) are unit-tested with a fake `trt` module; `apply_plan` makes the API
 calls, each version-dependent attribute guarded with a message naming it.
+
+Custom ops: an ONNX file exported with `--custom-ops trt` (or `ort`) has SlabLinearAttention nodes; TensorRT
+10/11 map them to the plugin in `libslab_trt_plugin.so` (slab_edge/native), loaded into the plugin registry
+before the parser runs (`--plugin LIB`, default: the built library) and recorded in the sidecar, so the
+runtime loads it too. Nodes that carry a function body (the `ort` export) build from that body when no plugin
+is loaded. TensorRT-RTX has no plugin support (a build with a plugin layer aborts): it refuses `--plugin` and
+body-less custom nodes before building.
 
 Writes `<engine>` and `<engine>.json` (EngineSidecar) atomically; nothing is written if the build fails.
 """
@@ -27,9 +34,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slab_edge import native
 from slab_edge.errors import BackendError, InputError
 from slab_edge.export.graph import SLA_CORE_TAG
 from slab_edge.io import atomic_path
+from slab_edge.runtime.tensorrt_plugins import (
+    SLA_PLUGIN,
+    PluginId,
+    describe_plugin_library,
+    load_plugin_library,
+)
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
 BUILD_PRECISIONS = ("auto", "fp32", "fp16", "int8")
@@ -69,6 +83,7 @@ class BuildOptions:
     compute_capabilities: tuple[str, ...] = ()
     pin_sla_core_fp32: bool = True
     builder: str | None = None
+    plugin: str | None = None  #: TensorRT plugin library; default: the built one when the ONNX needs it
     progress: bool = True
     verbose: bool = False
 
@@ -87,6 +102,9 @@ class BuildPlan:
     dla_core: int | None = None
     fixed_shapes: bool = False
     use_timing_cache: bool = True
+    plugin: str | None = None  #: plugin library loaded before parsing
+    plugin_ids: tuple[PluginId, ...] = ()  #: the plugins the network is known to need from it
+    serialize_plugin: bool = False  #: the library goes into the (version-compatible) plan
     notes: list[str] = field(default_factory=list)
 
 
@@ -291,6 +309,8 @@ class OnnxInfo:
     sha256: str
     metadata: dict[str, str]  #: metadata_props verbatim
     precision: str
+    custom_nodes: int | None = None  #: SlabLinearAttention nodes in the graph (None: onnx not installed)
+    custom_bodies: bool = False  #: the file carries a function body for them (the `ort` custom-op export)
 
 
 def read_onnx(path: str | os.PathLike) -> OnnxInfo:
@@ -319,7 +339,69 @@ def read_onnx(path: str | os.PathLike) -> OnnxInfo:
             raise InputError(f"{path} is not a valid ONNX model (no graph inputs; truncated?)")
         metadata = {p.key: p.value for p in model.metadata_props}
     precision = str(decode_metadata(metadata).get("precision") or "fp32")
-    return OnnxInfo(path, data, hashlib.sha256(data).hexdigest(), metadata, precision)
+    info = OnnxInfo(path, data, hashlib.sha256(data).hexdigest(), metadata, precision)
+    if onnx is not None:
+        info.custom_nodes = sum(_is_sla_op(n.domain, n.op_type) for n in model.graph.node)
+        info.custom_bodies = any(_is_sla_op(f.domain, f.name) for f in model.functions)
+    return info
+
+
+def _is_sla_op(domain: str, op_type: str) -> bool:
+    return domain == native.OP_DOMAIN and op_type == native.OP_TYPE
+
+
+def plan_plugin(plan: BuildPlan, onnx: OnnxInfo, options: BuildOptions) -> None:
+    """Decide which plugin library to load (plan.plugin) and whether it goes into the plan; notes the choice.
+
+    Raises:
+        InputError: TensorRT-RTX with --plugin or with body-less SlabLinearAttention nodes; a TensorRT older
+            than 10 (the plugin is an IPluginV3 plugin); body-less nodes and no plugin library built.
+    """
+    nodes = onnx.custom_nodes
+    what = f"{onnx.path.name} has {nodes} {native.OP_TYPE} node{'s' if nodes != 1 else ''}"
+    if plan.flavour == "tensorrt_rtx":
+        if options.plugin:
+            raise InputError(
+                "--plugin: TensorRT-RTX has no plugin support (a build with a plugin layer aborts); build "
+                "with TensorRT 10/11, or build the standard export (--custom-ops none) with TensorRT-RTX"
+            )
+        if nodes and not onnx.custom_bodies:
+            raise InputError(
+                f"{what} without function bodies (the --custom-ops trt export), and TensorRT-RTX has no "
+                "plugin support (a build with a plugin layer aborts): export with --custom-ops none or ort"
+            )
+        if nodes:
+            plan.notes.append(f"{what}: TensorRT-RTX builds them from their function bodies (standard ops)")
+        return
+    library = options.plugin
+    if library is None and nodes:
+        found = native.find_library("trt")
+        if found is not None:
+            library = str(found)
+        elif onnx.custom_bodies:
+            plan.notes.append(
+                f"{what} but no TensorRT plugin library is built: they build from their function bodies "
+                "(standard ops; python3 -m slab_edge.native.build trt builds the fused kernel's plugin)"
+            )
+        else:
+            raise InputError(
+                f"{what} without function bodies, which only the TensorRT plugin runs: build it "
+                "(python3 -m slab_edge.native.build trt) or pass --plugin LIB"
+            )
+    if library is None:
+        return
+    if major_version(plan.version) < 10:
+        raise InputError(f"the plugin is an IPluginV3 plugin: it needs TensorRT >= 10 (not {plan.version})")
+    plan.plugin = str(library)
+    plan.plugin_ids = (SLA_PLUGIN,) if nodes else ()
+    plan.notes.append(f"plugin library {plan.plugin}")
+    if nodes == 0:
+        plan.notes.append(f"the ONNX has no {native.OP_TYPE} nodes: --plugin loaded for the plugins it holds")
+    if options.version_compatible:
+        # A version-compatible plan runs on a later TensorRT, which must not need this process's registry: the
+        # library goes into the plan (IBuilderConfig.plugins_to_serialize) and runs as engine host code.
+        plan.serialize_plugin = True
+        plan.notes.append("version-compatible engine: the plugin library is serialized into the plan")
 
 
 # -- progress ---------------------------------------------------------------------------------------------
@@ -436,6 +518,9 @@ def apply_plan(trt, builder, network, config, plan: BuildPlan, options: BuildOpt
     """Configure `config` (flags, memory, device, profiles, optimization level). Returns the profiles."""
     for flag in plan.flags:
         config.set_flag(_enum(trt, "BuilderFlag", flag, f"needed for {flag.lower()}", plan))
+    if plan.serialize_plugin:
+        _require(config, "plugins_to_serialize", "a version-compatible engine with a plugin", plan)
+        config.plugins_to_serialize = [plan.plugin]
     if plan.pin_sla_core_fp32:
         pinned = pin_sla_core_layers(trt, network)
         plan.notes.append(f"{pinned} SLA-core layers pinned to fp32")
@@ -523,7 +608,10 @@ def _parse(trt, network, logger, onnx: OnnxInfo, plan: BuildPlan):
             if node_name or op:
                 where = f"node {node_name} ({op}): "
             desc = str(err.desc()).strip().splitlines()
-            errors.append(where + (desc[0] if desc else "?"))
+            hint = ""
+            if op == native.OP_TYPE and not plan.plugin:
+                hint = " (the SlabLinearAttention plugin is not loaded: pass --plugin LIB)"
+            errors.append(where + (desc[0] if desc else "?") + hint)
         detail = errors[0] if errors else "no error details"
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise BackendError(
@@ -593,12 +681,15 @@ def build_engine(
         flavour = flavour if flavour in FLAVOURS else "tensorrt"
         version = str(getattr(trt, "__version__", "0"))
     plan = plan_build(flavour, version, onnx.precision, options)
+    plan_plugin(plan, onnx, options)
     say(
         f"building with {flavour} {version}: {'strongly' if plan.strongly_typed else 'weakly'} typed, "
         f"{plan.precision}, device {plan.device}"
     )
 
     logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
+    if plan.plugin:  # before the parser looks plugins up
+        load_plugin_library(trt, plan.plugin, plan.plugin_ids)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, plan))
     _parser = _parse(trt, network, logger, onnx, plan)  # keep the parser alive until the build is done
@@ -645,6 +736,9 @@ def build_engine(
         options=_sidecar_options(plan, options),
         onnx_file=onnx.path.name,
         onnx_sha256=onnx.sha256,
+        plugins=[describe_plugin_library(plan.plugin, plan.plugin_ids, plan.serialize_plugin)]
+        if plan.plugin
+        else [],
     )
     side_path = sidecar_path(engine_path)
     import json

@@ -69,6 +69,11 @@ class CausalSimplifiedLinearAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     @property
+    def output_linear(self) -> nn.Linear:
+        """The Linear that writes the mixer's output (into the residual stream)."""
+        return self.proj
+
+    @property
     def input_linear(self) -> list[nn.Linear]:
         """The Linear layers that read the mixer's input (the ones a preceding norm folds into)."""
         return [self.qkv]

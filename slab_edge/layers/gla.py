@@ -85,6 +85,11 @@ class GatedLinearAttention(nn.Module):
         self.o_proj = nn.Linear(value_dim, dim, bias=False)
 
     @property
+    def output_linear(self) -> nn.Linear:
+        """The Linear that writes the mixer's output (into the residual stream)."""
+        return self.o_proj
+
+    @property
     def input_linear(self) -> list[nn.Linear]:
         """The Linear layers that read the mixer's input (the ones a preceding norm folds into)."""
         return [self.q_proj, self.k_proj, self.v_proj, self.gk_proj[0], self.g_proj]

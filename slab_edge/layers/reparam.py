@@ -14,6 +14,7 @@ import copy
 import torch
 from torch import nn
 
+from slab_edge.errors import SlabEdgeError
 from slab_edge.layers.fold import fold_affine_into_linear_input, fold_affine_into_output, set_linear_or_conv
 from slab_edge.layers.norms import NORM_TYPES, norm_affine
 
@@ -55,8 +56,8 @@ def remaining_norms(model: nn.Module) -> list[str]:
     return names
 
 
-class FoldCheckError(RuntimeError):
-    pass
+class FoldCheckError(SlabEdgeError, RuntimeError):
+    """A fold left a norm behind, or its parity cannot be measured."""
 
 
 @torch.no_grad()

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slab_edge.ops.sla import sla_core_channels_first
+from slab_edge.ops.sla import SLA_EPS, sla_core_channels_first
+from slab_edge.ops.sla_fused import linear_attention, use_fused
 
 # torch.fx records the core as one call: it picks the product order from the token count and switches
 # autocast off, neither of which a symbolic trace can follow.
@@ -134,6 +135,9 @@ class SimplifiedLinearAttention(nn.Module):
         Returns:
             [B, N, C] in v's dtype: per head Q (K^T V) / (Q . sum K + eps) + DWC(V), heads merged.
         """
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript only drops a bare is_scripting branch)
+            if use_fused(q, k, v, self.head_dim):
+                return self._mix_fused(q, k, v, hw)
         b, n, c = q.shape
         heads, d = self.num_heads, self.head_dim
         # channels first for q and v: v_t feeds both the core and the DWC, and the output leaves in one
@@ -144,3 +148,24 @@ class SimplifiedLinearAttention(nn.Module):
         out_t = sla_core_channels_first(q_t, k, v_t)  # [B, h, d, N] float32
         fmap = self.dwc(v_t.reshape(b * heads, d, hw[0], hw[1])).reshape(b, heads, d, n)
         return (out_t + fmap).permute(0, 3, 1, 2).reshape(b, n, c).to(v.dtype)  # [B, N, C]
+
+    @torch.jit.unused
+    def _mix_fused(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        hw: Tuple[int, int],  # noqa: UP006
+    ) -> torch.Tensor:
+        """`mix` through the fused operator: q, k, v stay tokens first ([B, N, h, d] views of [B, N, C]); only
+        the DWC branch transposes V to channels first and back. k comes in q's dtype (under autocast the fp32
+        positional encoding promotes it; the operator has one I/O dtype)."""
+        b, n, c = q.shape
+        heads, d = self.num_heads, self.head_dim
+        v4 = v.reshape(b, n, heads, d)
+        out = linear_attention(
+            F.relu(q).reshape(b, n, heads, d), F.relu(k.to(q.dtype)).reshape(b, n, heads, d), v4, SLA_EPS
+        )
+        v_map = v4.permute(0, 2, 3, 1).reshape(b * heads, d, hw[0], hw[1])  # [B*h, d, H, W]
+        fmap = self.dwc(v_map).reshape(b, heads, d, n).permute(0, 3, 1, 2)  # [B, N, h, d]
+        return (out + fmap).reshape(b, n, c)  # [B, N, C]

@@ -63,6 +63,11 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     @property
+    def output_linear(self) -> nn.Linear:
+        """The Linear that writes the mixer's output (into the residual stream)."""
+        return self.proj
+
+    @property
     def input_linear(self) -> list[nn.Linear]:
         """The Linear layers that read the mixer's input (the ones a preceding norm folds into)."""
         return [self.qkv]

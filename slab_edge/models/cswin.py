@@ -47,7 +47,8 @@ from torch import nn
 from slab_edge.layers.reparam import absorb_into_following, absorb_into_preceding
 from slab_edge.models._common import PooledTokenClassifier, check_image_size, make_norm_layer, tokens_to_nhwc
 from slab_edge.models._registry import register_slab_model
-from slab_edge.ops.sla import sla_core
+from slab_edge.ops.sla import SLA_EPS, sla_core
+from slab_edge.ops.sla_fused import linear_attention, use_fused
 
 torch.fx.wrap("check_image_size")  # traced graphs keep the input check as one call (see _common)
 torch.fx.wrap("sla_core")  # one call in traced graphs: its product order depends on the token count
@@ -163,11 +164,23 @@ class LePESLA(nn.Module):
         bs, n, c = v.shape
         v_map = v.transpose(1, 2).reshape(bs, c, h_sp, w_sp)  # [B', C, h_sp, w_sp]
         lepe = self.get_v(v_map).reshape(bs, c, n).transpose(1, 2)  # [B', n, C]
+        fmap = self.dwc(v_map.reshape(bs * heads, d, h_sp, w_sp)).reshape(bs, heads, d, n)  # [B', h, d, n]
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript only drops a bare is_scripting branch)
+            if use_fused(q, k, v, d):
+                # tokens first: [B', n, h, d] views of the stripes into one fused operator (k in q's dtype,
+                # as in layers.sla)
+                out = linear_attention(
+                    F.relu(q).reshape(bs, n, heads, d),
+                    F.relu(k.to(q.dtype)).reshape(bs, n, heads, d),
+                    v.reshape(bs, n, heads, d),
+                    SLA_EPS,
+                )
+                out = (out + fmap.permute(0, 3, 1, 2)).reshape(bs, n, c) + lepe
+                return stripes_to_img(out, res, h_sp, w_sp)
         q = F.relu(q).reshape(bs, n, heads, d).transpose(1, 2)  # [B', h, n, d]
         k = F.relu(k).reshape(bs, n, heads, d).transpose(1, 2)
         out = sla_core(q, k, v.reshape(bs, n, heads, d).transpose(1, 2))  # [B', h, n, d], float32
-        fmap = self.dwc(v_map.reshape(bs * heads, d, h_sp, w_sp)).reshape(bs, heads, d, n).transpose(2, 3)
-        out = (out + fmap).transpose(1, 2).reshape(bs, n, c).to(v.dtype) + lepe
+        out = (out + fmap.transpose(2, 3)).transpose(1, 2).reshape(bs, n, c).to(v.dtype) + lepe
         return stripes_to_img(out, res, h_sp, w_sp)
 
 

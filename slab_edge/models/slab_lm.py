@@ -2,6 +2,15 @@
 
     ids [B, T] -> embed -> N x (x + attn(norm1(x)); x + SwiGLU(norm2(x))) -> norm -> head -> logits [B, T, V]
 
+Attention per layer. `attention` alone is every layer's mixer. A hybrid adds `attention_pattern`, one letter
+per layer in the SLAB paper's notation (its Swin is "LLSS"): L = the linear attention named by `attention`
+(sla | gla), S = softmax attention. The pattern repeats over the depth, so its length must divide
+`num_layers` (a pattern of `num_layers` letters spells out every layer). The 3:1 hybrids of the tests and
+bench/lm_quality.py are overrides of "tiny":
+    slab_lm_config("tiny", num_layers=4, attention="sla", attention_pattern="LLLS")   # sla:softmax 3:1
+    slab_lm_config("tiny", num_layers=4, attention="gla", attention_pattern="LLLS")   # gla:softmax 3:1
+(350m's 18 layers take e.g. "LLLLLS", 5:1, or "LLS", 2:1). `config.layer_attention()` lists the mixers.
+
 Embeddings are untied by default (LLaMA-350M's `tie_word_embeddings: false`); `tie_embeddings=True` shares
 the head with the embedding during training, and folding the final norm into the head unties them (the
 folded head is W diag(a), no longer the embedding).
@@ -14,13 +23,14 @@ projections), SwiGLU's gate/up and the head; only GLA's per-head output RMSNorm 
 (`model.unfoldable_norms` lists what may stay, with the reason).
 
 Recurrent state. The model's state is one flat tuple of tensors, layer after layer, each layer contributing
-its mixer's `state_names` (`model.state_names()` gives "layers.{i}.{name}", `model.state_spec()` layer, name,
-shape and dtype for export metadata):
+its own mixer's `state_names` (`model.state_names()` gives "layers.{i}.{name}", `model.state_spec()` layer,
+name, shape and dtype for export metadata), so a hybrid mixes constant-size states and KV caches:
     sla      S [B, H, d, d] fp32, z [B, H, d] fp32, conv [B, C, W-1]        constant in T
     gla      S [B, 4, d_k/4, d/4] fp32                                      constant in T
     softmax  k_cache, v_cache [B, H, L, d]                                  grows with T
 `prefill(ids)` runs the chunkwise form over the prompt and returns (logits, state); `step(token, state)`
-runs the recurrent form for one token. `generate()` is Hugging Face-like, on top of these.
+runs the recurrent form for one token. `generate()` is Hugging Face-like, on top of these; on CUDA it steps
+with a static-state copy of `step` captured in a CUDA graph (models/lm_decode_graph.py).
 
 Usage:
     model = SlabLM(slab_lm_config("tiny", attention="gla", norm="prepbn"))
@@ -44,19 +54,25 @@ from torch import nn
 from slab_edge.errors import InputError
 from slab_edge.layers.lm_blocks import ATTENTION_TYPES, LM_NORM_TYPES, SlabLMBlock, make_lm_norm
 from slab_edge.layers.norms import norm_affine
-from slab_edge.layers.reparam import absorb_into_following, is_folded
+from slab_edge.layers.reparam import FoldCheckError, absorb_into_following, is_folded, reparameterize_model
+from slab_edge.models.lm_decode_graph import decoder_for_generate
 from slab_edge.ops.backend import MODES
 
 __all__ = [
     "SLAB_LM_CONFIGS",
     "SlabLM",
     "SlabLMConfig",
+    "blockwise_fold_parity",
     "create_slab_lm",
+    "fold_lm",
     "sample_next_token",
     "slab_lm_config",
 ]
 
 State = tuple[torch.Tensor, ...]
+
+#: attention_pattern letters: L = the linear attention named by `attention`, S = softmax attention
+PATTERN_LETTERS = ("L", "S")
 
 
 @dataclass
@@ -68,7 +84,8 @@ class SlabLMConfig:
     num_layers: int = 2
     num_heads: int = 4  # heads of sla / softmax attention
     ffn_dim: int = 192  # SwiGLU hidden width (LLaMA: ~8/3 dim)
-    attention: str = "gla"  # sla | gla | softmax
+    attention: str = "gla"  # sla | gla | softmax: every layer's mixer, or the L layers' of attention_pattern
+    attention_pattern: str | None = None  # hybrids, e.g. "LLLS": L = `attention`, S = softmax (see top)
     norm: str = "rmsnorm"  # rmsnorm | prepbn
     context_length: int = 2048  # training / export length; nothing in the model limits T
     tie_embeddings: bool = False  # LLaMA-350M: untied
@@ -94,23 +111,69 @@ class SlabLMConfig:
         for name in ("vocab_size", "dim", "num_layers", "num_heads", "ffn_dim", "conv_size", "gla_heads"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        heads = self.gla_heads if self.attention == "gla" else self.num_heads
-        if self.dim % heads:
-            raise InputError(f"dim {self.dim} is not divisible by the {self.attention} heads {heads}")
-        if self.attention == "gla" and (self.dim * self.gla_expand_k) % heads:
-            raise InputError(
-                f"GLA key dim {self.dim * self.gla_expand_k} is not divisible by gla_heads {heads}"
-            )
-        if self.attention == "softmax" and (self.dim // heads) % 2:
-            raise InputError(f"softmax attention needs an even head dim for RoPE, got {self.dim // heads}")
+        self._validate_pattern()
+        kinds = set(self.layer_attention())
+        for kind in ATTENTION_TYPES:
+            if kind not in kinds:
+                continue
+            heads = self.gla_heads if kind == "gla" else self.num_heads
+            if self.dim % heads:
+                raise InputError(f"dim {self.dim} is not divisible by the {kind} heads {heads}")
+            if kind == "gla" and (self.dim * self.gla_expand_k) % heads:
+                raise InputError(
+                    f"GLA key dim {self.dim * self.gla_expand_k} is not divisible by gla_heads {heads}"
+                )
+            if kind == "softmax" and (self.dim // heads) % 2:
+                raise InputError(
+                    f"softmax attention needs an even head dim for RoPE, got {self.dim // heads}"
+                )
         return self
+
+    def _validate_pattern(self) -> None:
+        pattern = self.attention_pattern
+        if pattern is None:
+            return
+        if not isinstance(pattern, str) or not pattern:
+            raise InputError(
+                f"attention_pattern must be a non-empty string of L and S (or unset), got {pattern!r}"
+            )
+        bad = sorted(set(pattern) - set(PATTERN_LETTERS))
+        if bad:
+            raise InputError(
+                f"attention_pattern {pattern!r}: one letter per layer, L (the {self.attention} layers) or "
+                f"S (softmax); got {', '.join(map(repr, bad))}"
+            )
+        if self.attention == "softmax":
+            raise InputError(
+                "attention_pattern needs attention sla or gla (the mixer of its L layers), got 'softmax'"
+            )
+        if self.num_layers % len(pattern):
+            raise InputError(
+                f"attention_pattern {pattern!r} has {len(pattern)} letters, which does not divide "
+                f"num_layers {self.num_layers} (the pattern repeats over the depth)"
+            )
+
+    def layer_attention(self) -> tuple[str, ...]:
+        """Each layer's mixer (sla | gla | softmax): `attention`, or attention_pattern repeated over depth."""
+        if self.attention_pattern is None:
+            return (self.attention,) * self.num_layers
+        letters = self.attention_pattern * (self.num_layers // len(self.attention_pattern))
+        return tuple(self.attention if letter == "L" else "softmax" for letter in letters)
+
+    @property
+    def attention_label(self) -> str:
+        """`attention`, or "{attention}-{pattern}" for a hybrid (for run folders and model names)."""
+        if self.attention_pattern is None:
+            return self.attention
+        return f"{self.attention}-{self.attention_pattern}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> SlabLMConfig:
-        """Config from a dict (e.g. checkpoint metadata); unknown keys raise InputError."""
+        """Config from a dict (e.g. checkpoint metadata); unknown keys raise InputError, missing ones keep
+        their defaults (dicts written before a field existed load unchanged)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -158,7 +221,7 @@ class SlabLM(nn.Module):
                 config.dim,
                 config.num_heads,
                 config.ffn_dim,
-                attention=config.attention,
+                attention=attention,
                 norm=config.norm,
                 deploy=deploy,
                 norm_eps=config.norm_eps,
@@ -171,7 +234,7 @@ class SlabLM(nn.Module):
                 rope_base=config.rope_base,
                 mode=config.attn_mode,
             )
-            for _ in range(config.num_layers)
+            for attention in config.layer_attention()
         )
         self.norm = (
             nn.Identity()
@@ -328,6 +391,8 @@ class SlabLM(nn.Module):
         top_p: float | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
+        cuda_graph: bool | None = None,
+        compile_step: bool = False,
     ) -> torch.Tensor:
         """Hugging Face-like generation: prefill the prompt, then step token by token (runs in eval mode).
 
@@ -339,6 +404,9 @@ class SlabLM(nn.Module):
             eos_token_id: a token id (or ids) that ends a sequence; finished sequences are padded with it,
                 and generation stops early once every sequence has finished.
             generator: torch.Generator for reproducible sampling.
+            cuda_graph: decode with a static-state step captured in a CUDA graph (models.lm_decode_graph);
+                None: on for a CUDA model with batch <= MAX_GRAPH_BATCH. Prefill stays the chunk form.
+            compile_step: torch.compile the static step first (slow to start, fuses the elementwise ops).
 
         Returns:
             [B, T + n] prompt followed by n <= max_new_tokens generated ids.
@@ -353,6 +421,9 @@ class SlabLM(nn.Module):
         try:
             logits, state = self.prefill(input_ids)
             next_logits = logits[:, -1]
+            decoder = decoder_for_generate(self, input_ids, max_new_tokens, cuda_graph, compile_step)
+            if decoder is not None:
+                decoder.start(state, input_ids.shape[1])
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             pieces = [input_ids]
             for i in range(max_new_tokens):
@@ -363,7 +434,10 @@ class SlabLM(nn.Module):
                 pieces.append(token[:, None])
                 if (eos and bool(finished.all())) or i == max_new_tokens - 1:
                     break
-                next_logits, state = self.step(token, state)
+                if decoder is None:
+                    next_logits, state = self.step(token, state)
+                else:
+                    next_logits = decoder.step(token)
         finally:
             self.train(was_training)
         return torch.cat(pieces, dim=1)
@@ -447,3 +521,66 @@ def sample_next_token(
 def create_slab_lm(name: str = "tiny", deploy: bool = False, **overrides) -> SlabLM:
     """SlabLM from a named config (tiny | 125m | 350m) with field overrides, e.g. attention="sla"."""
     return SlabLM(slab_lm_config(name, **overrides), deploy=deploy)
+
+
+@torch.no_grad()
+def fold_lm(model: SlabLM, prompt: torch.Tensor | None = None) -> tuple[SlabLM, float | None]:
+    """(folded eval-mode copy, max |logit diff| folded vs unfolded on `prompt`); None: nothing to fold.
+
+    `prompt` [B, T] defaults to two random prompts of 80 tokens.
+
+    Raises:
+        FoldCheckError: the unfolded model's logits are not finite, so no parity can be measured: its
+            BatchNorm statistics do not match its activations (recalibrate them first).
+    """
+    model = model.eval()
+    foldable = any(norm_affine(m) is not None for m in model.modules())
+    folded = reparameterize_model(model)
+    if not foldable:
+        return folded, None
+    if prompt is None:
+        prompt = torch.randint(
+            0, model.config.vocab_size, (2, 80), generator=torch.Generator().manual_seed(0)
+        )
+    prompt = prompt.to(model.embed.weight.device)
+    reference = model(prompt)
+    if not torch.isfinite(reference).all():
+        raise FoldCheckError(
+            "the unfolded model's logits are not finite, so the fold cannot be checked: its BatchNorm "
+            "statistics do not match its activations (recalibrate them with "
+            "slab_edge.train.recalibrate.recalibrate_bn)"
+        )
+    return folded, float((reference - folded(prompt)).abs().max())
+
+
+@torch.no_grad()
+def blockwise_fold_parity(
+    model: SlabLM, folded: SlabLM, tokens: int = 32, batch: int = 2, seed: int = 0
+) -> float:
+    """Largest relative error of any fold, each checked on its own inputs.
+
+    Every block, and the final norm + head, of `model` and of its folded copy get the same hidden states
+    h ~ N(0, 1) [batch, tokens, C] (on the models' device, in the caller's autocast): the result is the max
+    over them of max |folded(h) - unfolded(h)| / max |unfolded(h)|. Unlike a whole-model comparison this
+    stays well conditioned when the model's own activations are not: an untrained PRepBN stack with random
+    BatchNorm statistics normalises nothing per token, and its residual stream grows layer after layer
+    until it overflows (see bench/lm_decode_torch.py).
+    """
+    if len(model.layers) != len(folded.layers):
+        raise InputError(f"{len(model.layers)} blocks vs {len(folded.layers)} in the folded model")
+    device = model.embed.weight.device
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+
+    def relative_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+        reference, candidate = reference.float(), candidate.float()
+        scale, err = float(reference.abs().max()), float((reference - candidate).abs().max())
+        return err / scale if scale > 0 and err == err else float("inf")  # NaN counts as a failure
+
+    # (unfolded, folded) callables [B, T, C] -> output: every block, then the final norm + head
+    parts = [(lambda h, a=a: a(h)[0], lambda h, b=b: b(h)[0]) for a, b in zip(model.layers, folded.layers)]
+    parts.append((lambda h: model.head(model.norm(h)), lambda h: folded.head(folded.norm(h))))
+    for unfolded_part, folded_part in parts:
+        h = torch.randn(batch, tokens, model.config.dim, generator=gen).to(device)
+        worst = max(worst, relative_error(unfolded_part(h), folded_part(h)))
+    return worst

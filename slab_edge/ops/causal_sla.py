@@ -93,10 +93,12 @@ def causal_linear_attn_step(
     """
     s, z = state
     q, k, vv = q.to(s.dtype), k.to(s.dtype), v.to(s.dtype)
-    s = s + k.unsqueeze(-1) * vv.unsqueeze(-2)  # [B, H, K, V]
-    z = z + k
-    num = (q.unsqueeze(-2) @ s).squeeze(-2)  # [B, H, V]
-    den = (q * z).sum(-1, keepdim=True) + eps  # [B, H, 1]
+    # autocast off as in the chunk form: under it q S would run in bf16 and round the state to 8 bits
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        s = s + k.unsqueeze(-1) * vv.unsqueeze(-2)  # [B, H, K, V]
+        z = z + k
+        num = (q.unsqueeze(-2) @ s).squeeze(-2)  # [B, H, V]
+        den = (q * z).sum(-1, keepdim=True) + eps  # [B, H, 1]
     return (num / den).to(v.dtype), (s, z)
 
 

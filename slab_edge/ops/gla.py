@@ -115,8 +115,10 @@ def gla_step(
     scale = _scale(q, scale)
     dtype = state.dtype
     q, k, g, vv = q.to(dtype), k.to(dtype), g.to(dtype), v.to(dtype)
-    state = g.exp().unsqueeze(-1) * state + k.unsqueeze(-1) * vv.unsqueeze(-2)
-    o = (q.unsqueeze(-2) @ state).squeeze(-2) * scale  # [B, H, V]
+    # autocast off as in the chunk form: under it q S would run in bf16 and round the state to 8 bits
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        state = g.exp().unsqueeze(-1) * state + k.unsqueeze(-1) * vv.unsqueeze(-2)
+        o = (q.unsqueeze(-2) @ state).squeeze(-2) * scale  # [B, H, V]
     return o.to(v.dtype), state
 
 

@@ -195,7 +195,8 @@ def benchmark_models(
 
     Returns:
         {"config", "machine", "models": [{"name", "path", "backend", "inputs", "rss_mb_after_load",
-        "latency": LatencyStats.to_json()}], "peak_rss_mb", "ratios": {"A/B": {...}} (2 models)}
+        "custom_op_library", "latency": LatencyStats.to_json()}], "peak_rss_mb", "ratios": {"A/B": {...}}
+        (2 models)}
     """
     from slab_edge.runtime.loader import load
 
@@ -216,9 +217,11 @@ def benchmark_models(
         for entry in entries:
             session = sessions[entry["name"]]
             stats = LatencyStats.from_seconds(times[entry["name"]], batch)
+            library = getattr(session, "custom_op_library", None)  # ONNX Runtime with fused SLA nodes
             entry.update(
                 backend=session.backend,
                 model_name=session.metadata.get("model"),
+                custom_op_library=None if library is None else str(library),
                 inputs={k: list(v.shape) for k, v in feeds[entry["name"]].items()},
                 latency=stats.to_json(),
             )
@@ -266,7 +269,8 @@ def format_report(report: dict[str, Any]) -> str:
             + f" {lat['throughput_per_s']:>9.1f}"
         )
     for m in report["models"]:
-        lines.append(f"{m['name']}: {m['path']}")
+        library = f" (custom ops: {m['custom_op_library']})" if m.get("custom_op_library") else ""
+        lines.append(f"{m['name']}: {m['path']}{library}")
     for pair, ratio in report.get("ratios", {}).items():
         lines.append(f"latency ratio {pair}: {ratio['p50']:.3f} (p50), {ratio['mean']:.3f} (mean)")
     cfg = report["config"]

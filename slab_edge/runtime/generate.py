@@ -9,7 +9,8 @@ An export (`slab-edge export-lm`) is a folder with two graphs that share one sta
 past.{layer}.{name} / present.{layer}.{name} are the per-layer state tensors listed in the metadata key
 ``state_layout`` ({layer, name, input, output, shape, dtype}; symbolic dims "batch" and "past_len").
 Linear attention carries a constant-size state (SLA: S, z, conv; GLA: S); the softmax baseline carries
-its KV cache, whose "past_len" grows by one per token. A prompt longer than the prefill graph's per-call
+its KV cache, whose "past_len" grows by one per token; a hybrid carries both, layer by layer, its KV caches
+sharing one past_len. A prompt longer than the prefill graph's per-call
 maximum is fed in pieces of that length, each carrying the state of the one before (the chunkwise form
 computes exactly this), so the prompt length is bounded only by memory.
 

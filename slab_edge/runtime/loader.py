@@ -38,7 +38,8 @@ def load(path: str | os.PathLike, **options: Any) -> Session:
         **options: backend options.
             ONNX Runtime: provider ("cpu" | "cuda" | "tensorrt" or a full EP name), provider_options (dict),
             threads (intra-op), inter_op_threads, graph_optimization ("disable" | "basic" | "extended" |
-            "all"), session_options (a ready ort.SessionOptions).
+            "all"), session_options (a ready ort.SessionOptions), custom_op_library (the slab
+            custom-op library; default: the built one when the model holds fused SLA nodes).
             TensorRT: memory ("cuda-python" | "pycuda"), device (GPU index), module ("tensorrt" |
             "tensorrt_rtx"; default: the sidecar's builder flavour), check_sidecar (default True),
             dla_core (overrides the sidecar).

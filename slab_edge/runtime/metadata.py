@@ -16,7 +16,7 @@ PREFIX = "slab_edge."
 
 #: key -> (JSON-encoded?, meaning)
 KEYS: dict[str, tuple[bool, str]] = {
-    "task": (False, "classification | lm-prefill | lm-decode"),
+    "task": (False, "classification | lm-prefill | lm-decode | lm-genai (one graph for onnxruntime-genai)"),
     "model": (False, "registered model name, e.g. slab_deit_tiny_patch16_224"),
     "version": (False, "slab-edge version that exported the file"),
     "folded": (True, "true if every foldable norm was folded before export"),
@@ -29,11 +29,18 @@ KEYS: dict[str, tuple[bool, str]] = {
     "crop_pct": (True, "center-crop fraction used at evaluation"),
     "labels": (True, "list of class names, index = class id"),
     "dynamic_batch": (True, "true if the batch dimension is dynamic"),
+    "custom_ops": (False, "none | ort | trt: fused SLA nodes (ort: with a function body; trt: plugin only)"),
     # language models (issue 5)
     "tokenizer": (False, "byte | bpe:<file name beside the model>"),
     "state_layout": (True, "list of {name, shape, dtype} of the recurrent-state inputs/outputs per layer"),
     "max_prompt_len": (True, "longest prompt the prefill graph accepts (null = any)"),
     "vocab_size": (True, "vocabulary size"),
+    "ops": (False, "standard (ONNX ops only) | ort (ONNX Runtime contrib ops: export-lm --ops ort)"),
+    "min_onnxruntime": (False, "oldest ONNX Runtime version that runs the graph, e.g. 1.25.1"),
+    "tokenizer_sha256": (
+        False,
+        "digest of the tokenizer.json beside a genai export (slab_edge.runtime.genai)",
+    ),
 }
 
 SIDECAR_SUFFIX = ".json"
@@ -71,6 +78,9 @@ class EngineSidecar:
     precision: "fp32" | "fp16" | "int8" | "strongly-typed"
     profiles: [{input name: {"min": [...], "opt": [...], "max": [...]}}]
     onnx_metadata: the ONNX file's metadata_props, verbatim (slab_edge.* keys)
+    plugins: the plugin libraries the engine needs, loaded before it is deserialized:
+        [{"library": file name, "sha256": ..., "plugins": [{"name", "version", "namespace"}],
+          "serialized_in_engine": true when the library travels inside a version-compatible plan}]
     """
 
     builder: dict[str, str]
@@ -81,6 +91,7 @@ class EngineSidecar:
     options: dict[str, Any] = field(default_factory=dict)
     onnx_file: str = ""
     onnx_sha256: str = ""
+    plugins: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -98,14 +109,17 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 
 def read_metadata_props(onnx_path: str | os.PathLike) -> dict[str, str]:
-    """An ONNX file's metadata_props verbatim (with the `onnx` package when installed, else ONNX Runtime)."""
+    """An ONNX file's metadata_props verbatim (with the `onnx` package when installed, else from the file's
+    header: slab_edge.runtime.onnx_header, which needs no backend, so no custom-op library either)."""
     try:
         import onnx
     except ImportError:
-        import onnxruntime
+        from slab_edge.runtime.onnx_header import read_onnx_header
 
-        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        return dict(session.get_modelmeta().custom_metadata_map)
+        try:
+            return read_onnx_header(onnx_path).metadata
+        except ValueError as err:
+            raise ValueError(f"{onnx_path} is not an ONNX model ({err})") from None
     model = onnx.load(str(onnx_path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 

@@ -1,8 +1,10 @@
-"""ONNX Runtime session: CPU, CUDA or TensorRT execution provider, thread count, optimization level."""
+"""ONNX Runtime session: CPU, CUDA or TensorRT execution provider, thread count, optimization level, and the
+slab custom-op library for models with fused SLA nodes (slab_edge.runtime.custom_ops)."""
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,41 @@ ORT_DTYPES = {
 }
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+#: ONNX Runtime's load error for an operator its build does not have ("com.microsoft:LinearAttention(-1) is
+#: not a registered function/op"): a model for a newer ONNX Runtime (export-lm --ops ort) or a custom op
+_UNKNOWN_OP = re.compile(r"([\w.]+):(\w+)\(-?\d+\) is not a registered function/op")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(1, 25, 1) for "1.25.1" (and for "1.25.1.dev20260401"): the leading numeric release parts."""
+    parts = []
+    for piece in version.split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+        if digits.group() != piece:
+            break
+    return tuple(parts)
+
+
+def _missing_op_message(path, ort, text: str) -> str | None:
+    """One line for a load failure on an operator this ONNX Runtime lacks, else None."""
+    found = _UNKNOWN_OP.search(text)
+    if found is None:
+        return None
+    from slab_edge.runtime.metadata import read_model_metadata
+
+    try:  # the model's own requirement, when the metadata can be read without loading it (onnx installed)
+        need = read_model_metadata(path).get("min_onnxruntime")
+    except Exception:
+        need = None
+    needs = f"; the model needs onnxruntime >= {need}" if need else ""
+    return (
+        f"{path}: ONNX Runtime {ort.__version__} has no operator {found.group(1)}.{found.group(2)}{needs} "
+        "(upgrade onnxruntime, or export the model with standard ops)"
+    )
 
 
 def import_onnxruntime():
@@ -86,6 +123,8 @@ class OnnxRuntimeSession(Session):
         inter_op_threads: inter-op thread count (None = default).
         graph_optimization: "disable" | "basic" | "extended" | "all" (default "all").
         session_options: a prepared onnxruntime.SessionOptions (threads/graph_optimization then ignored).
+        custom_op_library: the slab custom-op library to register (default: the built one, when the model
+            holds fused SLA nodes); `self.custom_op_library` says which one the session uses (or None).
     """
 
     backend = "onnxruntime"
@@ -99,6 +138,7 @@ class OnnxRuntimeSession(Session):
         inter_op_threads: int | None = None,
         graph_optimization: str = "all",
         session_options: Any = None,
+        custom_op_library: str | os.PathLike | None = None,
         **unknown: Any,
     ):
         super().__init__(path)
@@ -107,6 +147,9 @@ class OnnxRuntimeSession(Session):
         ort = import_onnxruntime()
         providers = resolve_providers(provider, ort.get_available_providers())
         options = session_options or self._session_options(ort, threads, inter_op_threads, graph_optimization)
+        from slab_edge.runtime.custom_ops import prepare_session_options
+
+        self.custom_op_library = prepare_session_options(options, self.path, providers, custom_op_library)
         provider_list: list[Any] = list(providers)
         if provider_options:
             provider_list[0] = (providers[0], dict(provider_options))
@@ -116,6 +159,9 @@ class OnnxRuntimeSession(Session):
             )
         except Exception as err:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            missing = _missing_op_message(self.path, ort, str(err))
+            if missing:
+                raise BackendError(missing) from None
             raise BackendError(
                 f"{self.path}: ONNX Runtime cannot load this model (corrupt or truncated file?): {first}"
             ) from None
@@ -127,6 +173,12 @@ class OnnxRuntimeSession(Session):
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.metadata = decode_metadata(dict(self._session.get_modelmeta().custom_metadata_map))
+        need = self.metadata.get("min_onnxruntime")
+        if need and version_tuple(ort.__version__) < version_tuple(str(need)):
+            raise BackendError(
+                f"{self.path}: needs onnxruntime >= {need} (ops: {self.metadata.get('ops', '?')}), "
+                f"this is {ort.__version__}"
+            )
 
     @staticmethod
     def _session_options(ort, threads, inter_op_threads, graph_optimization):

@@ -2,6 +2,8 @@
 
     trtexec --onnx=model.onnx --saveEngine=model.engine --fp16 ...
     python3 -m slab_edge.runtime.sidecar model.engine --onnx model.onnx --precision fp16
+    # an engine with plugin layers (trtexec --dynamicPlugins=LIB): name the library, it is loaded first
+    python3 -m slab_edge.runtime.sidecar model.engine --onnx model.onnx --precision fp16 --plugin LIB
 
 The sidecar records what `load()` checks (TensorRT flavour + version, GPU compute capability) and what it
 needs (the ONNX file's preprocessing metadata and labels), so it must be written where the engine was
@@ -21,6 +23,7 @@ from slab_edge.errors import BackendError, InputError, SlabEdgeError
 from slab_edge.io import atomic_write_json
 from slab_edge.runtime.cuda_memory import open_memory
 from slab_edge.runtime.metadata import PREFIX, EngineSidecar, read_metadata_props, sidecar_path
+from slab_edge.runtime.tensorrt_plugins import describe_plugin_library, load_plugin_library
 from slab_edge.runtime.tensorrt_session import import_tensorrt
 
 
@@ -50,11 +53,16 @@ def write_sidecar(
     version_compatible: bool = False,
     memory: str = "cuda-python",
     device: int = 0,
+    plugin: str | os.PathLike | None = None,
 ) -> Path:
     """Describe `engine_path` (built from `onnx_path` on this machine) in `<engine>.json`; returns its path.
 
+    `plugin`: the plugin library the engine's plugin layers come from (loaded before deserializing, recorded
+    in the sidecar so the runtime loads it too).
+
     Raises:
-        InputError: missing files. BackendError: TensorRT/CUDA missing, or the engine does not deserialize.
+        InputError: missing files. BackendError: TensorRT/CUDA missing, a bad plugin library, or the engine
+            does not deserialize.
     """
     engine_path, onnx_path = Path(engine_path), Path(onnx_path)
     for path in (engine_path, onnx_path):
@@ -62,6 +70,8 @@ def write_sidecar(
             raise InputError(f"file not found: {path}")
     metadata_props = _slab_edge_props(onnx_path)
     trt, flavour = import_tensorrt(module)
+    if plugin is not None:
+        load_plugin_library(trt, plugin)
     cuda = open_memory(memory, device)
     try:
         gpu = cuda.gpu()
@@ -91,6 +101,7 @@ def write_sidecar(
         },
         onnx_file=onnx_path.name,
         onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        plugins=[describe_plugin_library(plugin, (), False)] if plugin is not None else [],
     )
     target = sidecar_path(engine_path)
     atomic_write_json(target, sidecar.to_json())
@@ -121,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dla-core", type=int, default=None, help="the engine was built for this DLA core")
     parser.add_argument("--version-compatible", action="store_true", help="built with --versionCompatible")
     parser.add_argument("--memory", choices=["cuda-python", "pycuda"], default="cuda-python")
+    parser.add_argument("--plugin", metavar="LIB", default=None,
+                        help="plugin library the engine needs (trtexec --dynamicPlugins=LIB)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         path = write_sidecar(args.engine, args.onnx, args.precision, args.module, args.dla_core,
-                             args.version_compatible, args.memory)  # fmt: skip
+                             args.version_compatible, args.memory, plugin=args.plugin)  # fmt: skip
     except (SlabEdgeError, OSError) as err:
         print(f"sidecar: error: {err}", file=sys.stderr)
         return 2

@@ -4,8 +4,10 @@ Steps (the order TensorRT requires):
   1. read the sidecar JSON next to the engine; refuse an engine built by another TensorRT version or
      flavour, or for another GPU (compute capability) — deserializing it would fail with a cryptic
      log line or, worse, a crash;
-  2. trt.Runtime(logger) (.DLA_core for DLA engines) -> deserialize_cuda_engine -> create_execution_context;
-  3. per run: context.set_input_shape for every input (dynamic shapes), output shapes from
+  2. load the plugin libraries the engine needs into TensorRT's plugin registry (the sidecar names them;
+     `plugin=` / `--plugin` overrides);
+  3. trt.Runtime(logger) (.DLA_core for DLA engines) -> deserialize_cuda_engine -> create_execution_context;
+  4. per run: context.set_input_shape for every input (dynamic shapes), output shapes from
      context.get_tensor_shape, host->device copies, set_tensor_address for every IO tensor,
      execute_async_v3(stream), device->host copies, stream synchronize.
 
@@ -28,6 +30,13 @@ from slab_edge.errors import BackendError, InputError
 from slab_edge.runtime.cuda_memory import open_memory
 from slab_edge.runtime.metadata import EngineSidecar, decode_metadata, sidecar_path
 from slab_edge.runtime.session import Session, TensorSpec
+from slab_edge.runtime.tensorrt_plugins import (
+    PluginId,
+    file_sha256,
+    find_plugin_library,
+    load_plugin_library,
+    registered,
+)
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
 
@@ -146,6 +155,8 @@ class TensorRTSession(Session):
         log_level: TensorRT logger severity ("error" | "warning" | "info" | "verbose").
         lean_runtime: the lean runtime library for a version-compatible engine built with
             exclude_lean_runtime (Runtime.load_runtime).
+        plugin: a TensorRT plugin library to load before deserializing, instead of the ones the sidecar names
+            (found beside the engine, in $SLAB_EDGE_OPS_DIR or slab_edge/native/lib).
     """
 
     backend = "tensorrt"
@@ -160,6 +171,7 @@ class TensorRTSession(Session):
         dla_core: int | None = None,
         log_level: str = "warning",
         lean_runtime: str | os.PathLike | None = None,
+        plugin: str | os.PathLike | None = None,
         **unknown: Any,
     ):
         super().__init__(path)
@@ -182,6 +194,7 @@ class TensorRTSession(Session):
             self.metadata = decode_metadata(self.sidecar.onnx_metadata)
             if check_sidecar:
                 check_builder(self.sidecar, self.flavour, self.trt.__version__)
+        self.plugin_libraries = self._load_plugins(plugin)
 
         self._memory = open_memory(memory, device)
         self.gpu = self._memory.gpu()
@@ -216,13 +229,53 @@ class TensorRTSession(Session):
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
             raise BackendError(
-                f"{self.path}: TensorRT could not deserialize the engine (corrupt file, or built by another "
-                f"TensorRT/GPU; see the TensorRT log above)"
+                f"{self.path}: TensorRT could not deserialize the engine (corrupt file, built by another "
+                f"TensorRT/GPU, or a plugin library it needs is not loaded: --plugin; see the TensorRT log)"
             )
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise BackendError(f"{self.path}: could not create an execution context (out of device memory?)")
         self._read_io()
+
+    def _load_plugins(self, explicit: str | os.PathLike | None) -> list[str]:
+        """Load the plugin libraries the engine needs (before deserializing); returns their paths."""
+        entries = self.sidecar.plugins if self.sidecar is not None else []
+
+        def needed(entry) -> tuple[PluginId, ...]:
+            try:
+                return tuple(PluginId.from_json(p) for p in entry.get("plugins", []))
+            except (AttributeError, KeyError, TypeError):
+                raise BackendError(
+                    f"{sidecar_path(self.path)}: malformed plugins entry {entry!r} (expected library, "
+                    "sha256, plugins: [{name, version, namespace}])"
+                ) from None
+
+        if explicit:
+            load_plugin_library(self.trt, explicit, tuple(i for e in entries for i in needed(e)))
+            return [str(explicit)]
+        loaded = []
+        for entry in entries:
+            ids = needed(entry)
+            if entry.get("serialized_in_engine") or (ids and all(registered(self.trt, i) for i in ids)):
+                continue  # a version-compatible plan carries its library; or this process loaded it already
+            name = entry.get("library", "?")
+            path = find_plugin_library(name, self.path.parent)
+            if path is None:
+                wanted = ", ".join(i.describe() for i in ids) or "its plugins"
+                raise BackendError(
+                    f"{self.path.name} needs the TensorRT plugin library {name} ({wanted}): not found beside "
+                    "the engine, in $SLAB_EDGE_OPS_DIR or slab_edge/native/lib; build it on this device "
+                    "(python3 -m slab_edge.native.build trt) or pass plugin= / --plugin"
+                )
+            if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+                warnings.warn(
+                    f"plugin library {path} is not the build the engine was made with (sha256 differs); fine "
+                    "if it is the same plugin version, otherwise rebuild the engine",
+                    stacklevel=3,
+                )
+            load_plugin_library(self.trt, path, ids)
+            loaded.append(str(path))
+        return loaded
 
     def _read_io(self) -> None:
         trt, engine = self.trt, self._engine

@@ -21,6 +21,7 @@ generator seeded by (seed, step, micro-batch, rank): the data order is a pure fu
 resumed run continues exactly where the interrupted one would have been (tests/train/test_lm_train.py).
 
     slab-edge train-lm --model tiny --attention sla --norm prepbn --steps 300 --output runs/lm-tiny
+    slab-edge train-lm --attention gla --attention-pattern LLLS --model-kwargs "{num_layers: 4}"  # 3:1 hybrid
     torchrun --nproc-per-node 8 -m slab_edge.cli train-lm --model 125M --attention gla --steps 20000
 
 Run folder: config.yaml, metrics.jsonl, metrics.png, checkpoints/, model.safetensors (final weights with
@@ -108,6 +109,10 @@ class LMTrainConfig:
     # model
     model: str = field(default="tiny", metadata=_h("SLAB-LM size: tiny | 125m | 350m"))
     attention: str = field(default="sla", metadata=_h("token mixer: sla | gla | softmax"))
+    attention_pattern: str | None = field(
+        default=None,
+        metadata=_h("hybrid: one letter per layer, repeated (L = --attention, S = softmax), e.g. LLLS"),
+    )
     norm: str = field(default="prepbn", metadata=_h("rmsnorm | prepbn (RMSNorm fading into RepBN)"))
     model_kwargs: dict = field(default_factory=dict, metadata=_h("extra SLAB-LM builder kwargs"))
     # data
@@ -121,7 +126,7 @@ class LMTrainConfig:
     seq_len: int = field(default=256, metadata=_h("tokens per training window"))
     # run
     output: str | None = field(
-        default=None, metadata=_h("run folder (default runs/lm-<model>-<attention>-<norm>)")
+        default=None, metadata=_h("run folder (default runs/lm-<model>-<attention>[-<pattern>]-<norm>)")
     )
     overwrite: bool = field(default=False, metadata=_h("replace a run already in the output folder"))
     resume: bool = field(
@@ -171,6 +176,10 @@ class LMTrainConfig:
 SIZES = ("tiny", "125m", "350m")
 ATTENTIONS = ("sla", "gla", "softmax")
 NORMS = ("rmsnorm", "prepbn")
+#: metadata keys that identify a run's model (summary.json, resume checks)
+MODEL_IDENTITY = ("size", "attention", "attention_pattern", "norm", "vocab_size", "tokenizer")
+#: model keys with a config key of their own, so model_kwargs must not repeat them
+_OWN_MODEL_KEYS = ("attention", "attention_pattern", "norm", "vocab_size")
 
 
 def resolve_lm_config(cfg: LMTrainConfig) -> LMTrainConfig:
@@ -184,6 +193,11 @@ def resolve_lm_config(cfg: LMTrainConfig) -> LMTrainConfig:
         raise InputError(f"--norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
     if cfg.amp not in ("auto", "bf16", "none"):
         raise InputError(f"--amp must be auto | bf16 | none, got {cfg.amp!r}")
+    repeated = sorted(set(cfg.model_kwargs) & set(_OWN_MODEL_KEYS))
+    if repeated:
+        raise InputError(f"model_kwargs must not set {', '.join(repeated)}: each has a key of its own")
+    # the model's own checks (e.g. a pattern that does not divide the depth) before any data is read
+    model_config = _model_config(cfg)
     for name in (
         "steps",
         "batch_size",
@@ -198,8 +212,21 @@ def resolve_lm_config(cfg: LMTrainConfig) -> LMTrainConfig:
     if cfg.lr is None:
         cfg.lr = 1e-3 if cfg.model == "tiny" else 3e-4
     if cfg.output is None:
-        cfg.output = f"runs/lm-{cfg.model}-{cfg.attention}-{cfg.norm}"
+        cfg.output = f"runs/lm-{cfg.model}-{model_config.attention_label}-{cfg.norm}"
     return cfg
+
+
+def _model_config(cfg: LMTrainConfig):
+    """The validated SlabLMConfig the run builds (vocab_size aside: it comes from the tokenizer)."""
+    from slab_edge.models.slab_lm import slab_lm_config
+
+    return slab_lm_config(
+        cfg.model,
+        attention=cfg.attention,
+        attention_pattern=cfg.attention_pattern,
+        norm=cfg.norm,
+        **cfg.model_kwargs,
+    )
 
 
 def steps_of(value: float, total: int) -> int:
@@ -214,14 +241,26 @@ def steps_of(value: float, total: int) -> int:
 
 
 def build_lm(
-    size: str, attention: str, norm: str, vocab_size: int, deploy: bool = False, **kwargs: Any
+    size: str,
+    attention: str,
+    norm: str,
+    vocab_size: int,
+    deploy: bool = False,
+    attention_pattern: str | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
-    """A SLAB-LM from the model zoo (slab_edge.models.slab_lm)."""
+    """A SLAB-LM from the model zoo (slab_edge.models.slab_lm); no pattern: `attention` in every layer."""
     from slab_edge.models import slab_lm
 
     try:
         return slab_lm.create_slab_lm(
-            size, deploy=deploy, attention=attention, norm=norm, vocab_size=vocab_size, **kwargs
+            size,
+            deploy=deploy,
+            attention=attention,
+            attention_pattern=attention_pattern,
+            norm=norm,
+            vocab_size=vocab_size,
+            **kwargs,
         )
     except TypeError as err:  # slab_lm_config turns unknown fields into InputError; this is a safety net
         raise InputError(f"SLAB-LM rejects builder arguments {sorted(kwargs)}: {err}") from None
@@ -238,6 +277,7 @@ def lm_meta(
         "model": "slab_lm",
         "size": cfg.model,
         "attention": cfg.attention,
+        "attention_pattern": cfg.attention_pattern,
         "norm": cfg.norm,
         "model_kwargs": dict(cfg.model_kwargs),
         "vocab_size": tokenizer.vocab_size,
@@ -261,6 +301,7 @@ def model_from_meta(meta: dict[str, Any], deploy: bool | None = None) -> nn.Modu
         meta["norm"],
         int(meta["vocab_size"]),
         deploy=bool(meta.get("deploy")) if deploy is None else deploy,
+        attention_pattern=meta.get("attention_pattern"),  # absent before hybrids: every layer `attention`
         **meta.get("model_kwargs", {}),
     )
 
@@ -486,7 +527,14 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
 
         # model, optimizer, schedules
         seed_everything(cfg.seed)
-        model = build_lm(cfg.model, cfg.attention, cfg.norm, tokenizer.vocab_size, **cfg.model_kwargs)
+        model = build_lm(
+            cfg.model,
+            cfg.attention,
+            cfg.norm,
+            tokenizer.vocab_size,
+            attention_pattern=cfg.attention_pattern,
+            **cfg.model_kwargs,
+        )
         set_progressive_schedule(
             model,
             warmup_steps=steps_of(cfg.prepbn_warmup, cfg.steps),
@@ -569,7 +617,8 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
         stop_reason = "steps"
         train_model.train()
         window_start, window_tokens = time.perf_counter(), 0
-        desc = f"train-lm {cfg.model}/{cfg.attention}"
+        label = model.config.attention_label
+        desc = f"train-lm {cfg.model}/{label}"
         with Progress(cfg.steps, desc=desc, enabled=is_main and cfg.progress, initial=step) as bar:
             while step < cfg.steps:
                 if cfg.max_seconds is not None and trained_seconds >= cfg.max_seconds:
@@ -675,7 +724,7 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
             "recalibration_batches": recal_batches,
             "params": _count_params(model),
             "corpus": corpus.summary(),
-            "model": {k: meta[k] for k in ("size", "attention", "norm", "vocab_size", "tokenizer")},
+            "model": {k: meta[k] for k in MODEL_IDENTITY},
         }
         if is_main:
             final_meta = {
@@ -684,7 +733,7 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
             }
             write_safetensors(run_dir / MODEL_FILE, model.state_dict(), final_meta)
             atomic_write_json(run_dir / SUMMARY_FILE, summary)
-            title = f"SLAB-LM {cfg.model} {cfg.attention}/{cfg.norm} on {corpus.source}"
+            title = f"SLAB-LM {cfg.model} {label}/{cfg.norm} on {corpus.source}"
             plot_metrics(read_metrics(log.path), run_dir / "metrics.png", panels=LM_PLOT_PANELS, title=title)
         return broadcast_object(summary, dist)
     finally:
@@ -712,7 +761,7 @@ def _check_corpus_sizes(corpus: TextCorpus, cfg: LMTrainConfig) -> None:
 
 
 def _check_resume_identity(saved: dict[str, Any], current: dict[str, Any], source: Path) -> None:
-    keys = ("size", "attention", "norm", "vocab_size", "tokenizer", "model_kwargs")
+    keys = (*MODEL_IDENTITY, "model_kwargs")
     diff = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
     if diff:
         pretty = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())

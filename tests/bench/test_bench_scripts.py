@@ -71,11 +71,17 @@ def test_lm_train_gpu_swaps_sla_pieces_into_their_modules_and_back(monkeypatch):
 
 def test_lm_quality_smoke(tmp_path):
     out = tmp_path / "quality"
-    run("lm_quality.py", "--smoke", "--out", str(out), "--variants", "gla:prepbn", "--threads", "1")
+    variants = ["gla:prepbn", "sla/LS:rmsnorm"]  # a pure row and a 1:1 sla:softmax hybrid row
+    run("lm_quality.py", "--smoke", "--out", str(out), "--variants", *variants, "--threads", "1")
     results = json.loads((out / "results.json").read_text())
-    (row,) = results["rows"]
-    assert row["variant"] == "gla:prepbn" and row["steps"] >= 1
-    assert 0 < row["val_bpb"] < 16 and (out / "gla-prepbn" / "metrics.jsonl").is_file()
+    assert [row["variant"] for row in results["rows"]] == variants
+    assert results["model_kwargs"]["num_layers"] == 2
+    for row, folder in zip(results["rows"], ("gla-prepbn", "sla-LS-rmsnorm")):
+        assert row["steps"] >= 1 and 0 < row["val_bpb"] < 16 and (out / folder / "metrics.jsonl").is_file()
+    from slab_edge.train.lm import load_lm
+
+    hybrid, meta, _ = load_lm(out / "sla-LS-rmsnorm")
+    assert meta["attention_pattern"] == "LS" and hybrid.config.layer_attention() == ("sla", "softmax")
 
 
 def test_sla_pieces_smoke_on_cpu(tmp_path):
@@ -96,8 +102,9 @@ def test_ort_gpu_pipeline_on_cpu(tmp_path):
     assert results["fp32"]["bs1"]["max_abs_err"] <= 1e-4 and results["fp32"]["bs1"]["top1_agree"] == 1.0
 
 
-def test_vision_suite_smoke(tmp_path):
-    """bench/vision_suite.py --smoke: one-block models at 224/256, export, torch-free timing, plot, JSON."""
+def test_vision_suite_smoke(tmp_path, ort_ops_library):
+    """bench/vision_suite.py --smoke: one-block models at 224/256, export, torch-free timing, plot, JSON; the
+    custom-op row (issue 13) at 224 with the built slab library."""
     out = tmp_path / "vision"
     proc = run("vision_suite.py", "--smoke", "--out", str(out))
     results = json.loads((out / "results.json").read_text())
@@ -108,12 +115,59 @@ def test_vision_suite_smoke(tmp_path):
     assert row["slab"]["iters"] == row["deit"]["iters"] == 2 and row["latency_ratio_p50"] > 0
     assert 0 < row["flop_ratio"] < 1  # SLA's counted FLOPs below softmax attention's at 224
     assert {"slab", "deit", "gemm_ceiling_gflops"} <= set(results["gflops_bs8_224"])
+    (custom,) = results["custom_ops"]["resolution"]
+    assert custom["img_size"] == 224 and custom["custom"]["custom_op_library"] == str(ort_ops_library)
+    assert custom["standard"]["custom_op_library"] is None and custom["custom_vs_deit_p50"] > 0
 
 
 def test_lm_decode_torch_smoke_on_cpu(tmp_path):
     out = tmp_path / "decode_torch"
     proc = run("lm_decode_torch.py", "--smoke", "--device", "cpu", "--threads", "1", "--attentions", "sla",
+               "--variants", "eager", "static", "graph", "compile", "--budget-minutes", "1e-6",
                "--out", str(out))  # fmt: skip
-    (row,) = json.loads((out / "results.json").read_text())["rows"]
-    assert row["attention"] == "sla" and row["rmsnorm_ms"] > 0 and row["prepbn_ms"] > 0
-    assert row["fold_max_abs_logit_diff"] < 1e-3 and "PRepBN / RMSNorm" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["rows"]  # the compiled group's row is over the budget before it starts
+    assert [(r["group"], r["attention"]) for r in results["skipped_rows"]] == [("compiled", "sla")]
+    assert row["group"] == "uncompiled" and set(row["variants"]) == {"eager", "static"}
+    assert row["skipped"] == {"graph": "needs CUDA"} and "graph            skipped: needs CUDA" in proc.stdout
+    for v in row["variants"].values():
+        assert v["rmsnorm_ms"] > 0 and v["prepbn_ms"] > 0 and 0 < v["rmsnorm_ceiling_share"] < 1
+    assert row["ceiling_tokens_per_s"]["rmsnorm"] == 4.8e12 / row["weight_bytes"]["rmsnorm"]
+    static = row["greedy_vs_eager"]["static"]
+    assert all(g["tokens_identical"] and g["logits_rel_err"] <= 1e-5 for g in static.values())
+    assert row["fold_ok"] and row["fold_rel_err_cpu_fp32"] <= 1e-5 and "PRepBN/RMSNorm" in proc.stdout
+
+
+def test_vision_gpu_smoke_on_cpu(tmp_path):
+    """bench/vision_gpu.py end to end on the CPU: micro rows, one eager group per family, the table, JSON."""
+    out = tmp_path / "vision_gpu"
+    proc = run("vision_gpu.py", "--smoke", "--device", "cpu", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    groups = {(r["family"], r["mode"]): r for r in results["groups"]}
+    assert set(groups) == {("deit", "eager"), ("swin", "eager")}
+    for row in groups.values():
+        assert all(row[m]["img_per_s"] > 0 for m in ("slab", "slab_unfused", "timm"))
+        assert row["fused_vs_unfused_rel_err"] <= 1e-5  # the fused path (CPU reference op) ran and agrees
+        assert row["slab_vs_timm"] > 0 and "goal" not in row  # no goals on smoke sizes
+    (micro,) = results["micro"]
+    assert {"fused_eager_us", "matmul_eager_us", "sdpa_eager_us"} <= set(micro)
+    assert "slab/timm" in proc.stdout and "micro tiny" in proc.stdout
+
+
+def test_lm_ort_ops_smoke(tmp_path):
+    """bench/lm_ort_ops.py --smoke: standard vs --ops ort exports of one model, prefill and decode timed."""
+    out = tmp_path / "ort_ops"
+    proc = run("lm_ort_ops.py", "--smoke", "--out", str(out), "--attentions", "sla", "--threads", "1")
+    results = json.loads((out / "results.json").read_text())
+    block = results["models"]["tiny_sla"]
+    assert block["graph_ops"] == {"standard": "standard", "ort": "ort"}
+    rows = block["contexts"]
+    assert set(rows) == {"16", "80"}
+    for row in rows.values():
+        assert row["logits_max_abs"] <= 1e-3  # the two graphs are one model
+        assert row["prefill_ratio"] > 0 and row["decode_ratio"] > 0
+        assert row["ort"]["prefill_tokens_per_s"] > 0 and row["standard"]["decode_ms"] > 0
+    # constant-size states; packing S [d, d] and z [d] into Sz [d, d + 1] keeps the bytes
+    assert rows["16"]["ort"]["state_bytes"] == rows["80"]["ort"]["state_bytes"]
+    assert rows["16"]["ort"]["state_bytes"] == rows["16"]["standard"]["state_bytes"]
+    assert "ort/std" in proc.stdout

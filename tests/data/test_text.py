@@ -134,6 +134,25 @@ def test_bpe_corpus_puts_eos_between_documents(bpe, tmp_path):
     assert int((stream == bpe.eos_id).sum()) == 2
 
 
+def test_byte_tokenizer_as_hf_json_maps_every_byte_to_its_own_id():
+    tokenizers = pytest.importorskip("tokenizers", reason="needs tokenizers: pip install 'slab-edge[lm]'")
+    text_json = ByteTokenizer().to_json()
+    hf = tokenizers.Tokenizer.from_str(text_json)
+    assert hf.get_vocab_size(with_added_tokens=True) == 256
+    # all 256 ids, as our BPE reader sees the file: exact single bytes, including the non-UTF-8 ones
+    as_bpe = BPETokenizer.from_json(text_json)
+    assert [as_bpe.token_bytes(b) for b in range(256)] == [bytes([b]) for b in range(256)]
+    # text -> ids: every code point class, NUL and controls included, is its UTF-8 bytes
+    text = "".join(map(chr, [*range(0, 0x800), *range(0xE000, 0x10000, 97), *range(0x10000, 0x110000, 4099)]))
+    assert hf.encode(text).ids == ByteTokenizer().encode(text) == list(text.encode("utf-8"))
+    assert hf.decode(list(text.encode("utf-8"))) == text
+    # ids -> text for byte sequences that are not UTF-8: the same replacement as Python's (and ours)
+    rng = np.random.default_rng(0)
+    for seq in [[0xFF], [0x61, 0xC3, 0x62], [0xE2, 0x82], [0x80, 0x80, 0x41], *rng.integers(0, 256, (50, 9))]:
+        ids = [int(b) for b in seq]
+        assert hf.decode(ids) == ByteTokenizer().decode(ids) == bytes(ids).decode("utf-8", errors="replace")
+
+
 def test_stream_decoder_waits_for_whole_characters():
     tok = ByteTokenizer()
     ids = tok.encode("a€b")  # € is three bytes

@@ -4,6 +4,9 @@ Flavours differ the way the real ones do: TensorRT 10 has precision flags (FP16,
 constraints); TensorRT 11 and TensorRT-RTX have none (strongly typed only); RTX has compute-capability
 targets; old versions lack IProgressMonitor / builder_optimization_level. The network is filled from the
 ONNX file (inputs with -1 for dynamic dims, one layer per node, named like the node) as the ONNX parser does.
+A node of a custom domain resolves like onnx-tensorrt's fallback importer: a registered plugin of that name
+(plugin_version / plugin_namespace attributes) first, then the node's function body, else a parse error. The
+plugin registry records load_library calls in the same ordered log as parsing and building (`log["calls"]`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import enum
 import types
 
 import onnx
+from onnx import helper
 
 BASE_FLAGS = [
     "GPU_FALLBACK",
@@ -83,6 +87,24 @@ class FakeCache:
         return b"cache:" + self.data[-16:] + b"+1"
 
 
+class FakeRegistry:
+    """The process-wide IPluginRegistry: load_library registers `provides` (None when it refuses)."""
+
+    def __init__(self, calls: list, provides: tuple, refuse: bool):
+        self.calls, self.provides, self.refuse = calls, provides, refuse
+        self.creators: set[tuple[str, str, str]] = set()
+
+    def load_library(self, path):
+        self.calls.append(("load_library", path))
+        if self.refuse:
+            return None
+        self.creators |= set(self.provides)
+        return object()
+
+    def get_creator(self, name, version, namespace=""):
+        return (name, version, namespace) if (name, version, namespace) in self.creators else None
+
+
 class FakeProfile:
     def __init__(self):
         self.shapes = {}
@@ -100,11 +122,19 @@ def make_fake_trt(
     dla_refuses: str | None = None,
     fail_build: bool = False,
     parser_error: str | None = None,
+    plugin_provides: tuple = (("SlabLinearAttention", "1", "slab"),),
+    plugin_refused: bool = False,
 ):
-    """A module object with the builder API of `flavour` `version`. Its `.log` records what was called."""
+    """A module object with the builder API of `flavour` `version`. Its `.log` records what was called.
+
+    plugin_provides: the (name, version, namespace) creators a loaded plugin library registers;
+    plugin_refused: load_library fails as for a library built against another TensorRT.
+    """
     trt = types.ModuleType(flavour)
     trt.__version__ = version
-    trt.log = {"flags": set(), "built": 0, "progress_events": []}
+    trt.log = {"flags": set(), "built": 0, "progress_events": [], "calls": []}
+    registry = FakeRegistry(trt.log["calls"], plugin_provides, plugin_refused)
+    trt.get_plugin_registry = lambda: registry
     strongly_only = flavour == "tensorrt_rtx" or int(version.split(".")[0]) >= 11
     flags = BASE_FLAGS + ([] if strongly_only else TRT10_FLAGS)
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", flags)
@@ -148,6 +178,7 @@ def make_fake_trt(
             self.timing_cache = None
             self.compute_capabilities = {}
             self.num_compute_capabilities = 0
+            self.plugins_to_serialize = []
             if optimization_level:
                 self.builder_optimization_level = 3
 
@@ -210,6 +241,7 @@ def make_fake_trt(
                 monitor.step_complete("Building engine", 0)
                 monitor.phase_finish("Building engine")
             trt.log["built"] += 1
+            trt.log["calls"].append(("build_serialized_network",))
             return None if fail_build else b"FAKE-ENGINE:" + ",".join(sorted(trt.log["flags"])).encode()
 
     class OnnxParser:
@@ -225,6 +257,7 @@ def make_fake_trt(
             return self.errors[i]
 
         def parse_from_file(self, path):
+            trt.log["calls"].append(("parse_from_file", path))
             if parser_error:
                 self.errors.append(FakeParserError(parser_error + "\nsecond line", "node_x", "Einsum"))
                 return False
@@ -234,7 +267,23 @@ def make_fake_trt(
                     d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim
                 ]
                 self.network.inputs.append(FakeTensor(value.name, tuple(dims)))
-            self.network.layers = [FakeLayer(n.name, n.op_type) for n in model.graph.node]
+            bodies = {(f.domain, f.name) for f in model.functions}
+            for node in model.graph.node:
+                kind = node.op_type
+                if node.domain not in ("", "ai.onnx"):
+                    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                    version = attrs.get("plugin_version", b"1").decode()
+                    namespace = attrs.get("plugin_namespace", b"").decode()
+                    if registry.get_creator(node.op_type, version, namespace) is not None:
+                        kind = "PluginV3"
+                    elif (node.domain, node.op_type) in bodies:
+                        kind = "function body"
+                    else:
+                        self.errors.append(FakeParserError(
+                            "Plugin not found, are the plugin name, version, and namespace correct?",
+                            node.name, node.op_type))  # fmt: skip
+                        return False
+                self.network.layers.append(FakeLayer(node.name, kind))
             return True
 
     trt.Builder = Builder

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _export_helpers import zoo_models
+from _export_helpers import write_custom_op_onnx, zoo_models
 
 from slab_edge.export.trt_builder import BuildOptions, build_engine
 from slab_edge.runtime.metadata import EngineSidecar, sidecar_path
@@ -100,3 +100,17 @@ def test_build_cli_and_bad_input(rtx, zoo_exports, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not a valid ONNX model" in err
     assert not bad_engine.exists() and not sidecar_path(bad_engine).exists()
     assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_rtx_custom_op_exports(rtx, tmp_path):
+    """Custom SLA nodes with function bodies (the `--custom-ops ort` export) build from the bodies on
+    TensorRT-RTX; body-less ones (`--custom-ops trt`, plugin layers, on which an RTX build aborts) are refused
+    before the builder runs."""
+    from slab_edge.errors import InputError
+
+    built = build_engine(write_custom_op_onnx(tmp_path / "ort.onnx", body=True), options=BuildOptions(**FAST))
+    assert built.engine.stat().st_size == built.engine_bytes > 0 and built.sidecar_data["plugins"] == []
+    assert any("from their function bodies" in note for note in built.plan.notes)
+    with pytest.raises(InputError, match="TensorRT-RTX has no plugin support"):
+        build_engine(write_custom_op_onnx(tmp_path / "trt.onnx"), options=BuildOptions(**FAST))
+    assert not (tmp_path / "trt.engine").exists()

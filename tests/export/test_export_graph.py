@@ -1,4 +1,4 @@
-"""Pure graph tools: SLA-core detection and tagging, fp16 round-trip removal, topological sort."""
+"""Pure graph tools: SLA-core detection and tagging, fp16 round-trip removal, topological sort, value_info."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 from slab_edge.errors import BackendError
 from slab_edge.export.graph import (
+    drop_untyped_value_info,
     find_sla_cores,
     merge_duplicate_producers,
     op_type_counts,
@@ -269,3 +270,17 @@ def test_reorder_erf_gelu_leaves_other_erf_graphs_alone():
     assert reorder_erf_gelu(exposed) == 0
     assert reorder_erf_gelu(model) == 1
     assert [list(n.input) for n in model.graph.node][3:] == [["x", "a"], ["m", "half"]]
+
+
+def test_drop_untyped_value_info_keeps_typed_entries():
+    # what onnxslim leaves for the outputs of an op it has no schema for (a com.microsoft contrib op): an
+    # entry with an empty type, which onnx.checker's full check rejects downstream (the --ops ort exports
+    # of tests/export/test_lm_ort_ops.py pass through finalize_graph, which drops them)
+    node = helper.make_node("LinearAttention", ["x", "x", "x"], ["o", "s"], domain="com.microsoft")
+    relu = helper.make_node("Relu", ["o"], ["y"])
+    graph = helper.make_graph([node, relu], "g", [_value("x")], [_value("y")])
+    graph.value_info.extend([onnx.ValueInfoProto(name="o"), _value("s")])  # "o" has no type at all
+    model = helper.make_model(graph)
+    assert drop_untyped_value_info(model) == 1
+    assert [vi.name for vi in model.graph.value_info] == ["s"]
+    assert drop_untyped_value_info(model) == 0

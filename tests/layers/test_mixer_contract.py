@@ -62,3 +62,18 @@ def test_gradients_reach_every_parameter(layer):
     y.square().mean().backward()
     for name, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("kind", ["causal_sla", "gla", "softmax"])
+def test_output_linear_writes_the_mixer_output(kind):
+    from slab_edge.layers.softmax_attention import CausalSelfAttention
+
+    torch.manual_seed(0)
+    make = MIXERS.get(kind, lambda: CausalSelfAttention(32, 4, qkv_bias=True))
+    layer = randomize_parameters(make())
+    with torch.no_grad():
+        layer.output_linear.weight.zero_()
+        if layer.output_linear.bias is not None:
+            layer.output_linear.bias.zero_()
+        out, _ = layer(torch.randn(2, 9, 32))
+    assert torch.count_nonzero(out) == 0  # nothing reaches the residual stream but through it

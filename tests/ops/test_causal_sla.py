@@ -129,6 +129,16 @@ def test_compute_is_fp32_under_bf16_autocast():
     assert_rel_close(o.float(), ref, 3e-2, "bf16 inputs")
 
 
+def test_step_core_is_fp32_under_bf16_autocast():
+    """The decoding step keeps q S and the normalizer in float32 under autocast, as the chunk form does."""
+    q, k, v, s0, z0 = make_inputs(2, 1, 3, 8, 4)
+    s0, z0 = s0 * 100, z0 * 100  # a long prompt's magnitudes: bf16 would round them visibly
+    ref, ref_state = causal_linear_attn_step(q[:, 0], k[:, 0], v[:, 0], (s0, z0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, state = causal_linear_attn_step(q[:, 0], k[:, 0], v[:, 0], (s0, z0))
+    assert torch.equal(o, ref) and all(torch.equal(a, b) for a, b in zip(state, ref_state))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Short convolution
 

@@ -138,6 +138,15 @@ def test_compute_is_fp32_under_bf16_autocast_and_half_inputs():
     assert_rel_close(o.float(), ref, 3e-2, "bf16 inputs")
 
 
+def test_step_core_is_fp32_under_bf16_autocast():
+    """The decoding step keeps q S in float32 under autocast, as the chunk form does."""
+    q, k, v, g, s0 = make_inputs(2, 1, 3, 8, 4)
+    ref, ref_state = gla_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], s0 * 100)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, state = gla_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], s0 * 100)
+    assert torch.equal(o, ref) and torch.equal(state, ref_state)
+
+
 def test_gate_is_logsigmoid_over_16():
     logits = torch.linspace(-50, 50, 11)
     torch.testing.assert_close(gla_gate(logits), F.logsigmoid(logits) / 16)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
+from fake_trt import CallLog, make_cudart, make_pycuda, make_tensorrt
 from runtime_helpers import make_classifier, write_image
 
 
@@ -47,3 +50,42 @@ def image_dir(tmp_path) -> Path:
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (folder / "notes.png").write_text("hello")
     return folder
+
+
+class Fakes(types.SimpleNamespace):
+    """The fake `tensorrt`, `tensorrt_rtx`, `cuda.bindings.runtime` and `pycuda.driver` modules of one test,
+    sharing one call log."""
+
+
+@pytest.fixture()
+def install_fakes(monkeypatch):
+    """install(**make_tensorrt options of the `tensorrt` fake) puts the fakes in sys.modules for a test."""
+
+    def install(**trt_options) -> Fakes:
+        log = CallLog()
+        cudart = make_cudart(log)
+        cuda_pkg, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+        cuda_pkg.bindings, bindings.runtime = bindings, cudart
+        trt = make_tensorrt(log, **trt_options)
+        rtx = make_tensorrt(log, "tensorrt_rtx", "1.7.1.116")
+        driver = make_pycuda(log)
+        pycuda_pkg = types.ModuleType("pycuda")
+        pycuda_pkg.driver = driver
+        for name, module in {
+            "cuda": cuda_pkg,
+            "cuda.bindings": bindings,
+            "cuda.bindings.runtime": cudart,
+            "tensorrt": trt,
+            "tensorrt_rtx": rtx,
+            "pycuda": pycuda_pkg,
+            "pycuda.driver": driver,
+        }.items():
+            monkeypatch.setitem(sys.modules, name, module)
+        return Fakes(log=log, cudart=cudart, trt=trt, rtx=rtx, driver=driver, monkeypatch=monkeypatch)
+
+    return install
+
+
+@pytest.fixture()
+def fakes(install_fakes) -> Fakes:
+    return install_fakes()

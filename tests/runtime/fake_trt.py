@@ -13,7 +13,10 @@ import enum
 import types
 
 import numpy as np
-from runtime_helpers import classifier_weights
+from runtime_helpers import classifier_weights, default_metadata
+
+from slab_edge.io import atomic_write_json
+from slab_edge.runtime.metadata import EngineSidecar, encode_metadata, sidecar_path
 
 ENGINE_BYTES = b"FAKE-TENSORRT-ENGINE v1"
 NUM_CLASSES = 5
@@ -31,9 +34,13 @@ class Recorded:
         return object.__getattribute__(self, attr)
 
 
+#: attributes of the fakes that only tests touch (not part of the real API)
+FAKE_ONLY = ("used", "live", "tensors", "execute_result", "plugins_in_plan")
+
+
 class RecordedModule(types.ModuleType):
     def __getattribute__(self, attr):
-        if not attr.startswith("_") and attr not in ("used", "live", "tensors", "execute_result"):
+        if not attr.startswith("_") and attr not in FAKE_ONLY:
             types.ModuleType.__getattribute__(self, "used").add(("module", attr))
         return types.ModuleType.__getattribute__(self, attr)
 
@@ -117,13 +124,49 @@ def make_cudart(log: CallLog, gpu=(b"Orin", 8, 7), fail_malloc: bool = False) ->
 
 
 # -- tensorrt -----------------------------------------------------------------------------------------------
-def make_tensorrt(log: CallLog, name: str = "tensorrt", version: str = "10.3.0.30", max_batch: int = 4):
+SLA_CREATOR = ("SlabLinearAttention", "1", "slab")
+
+
+def make_tensorrt(
+    log: CallLog,
+    name: str = "tensorrt",
+    version: str = "10.3.0.30",
+    max_batch: int = 4,
+    engine_plugins: tuple = (),
+    plugin_provides: tuple = (SLA_CREATOR,),
+    plugin_refused: bool = False,
+):
     """A `tensorrt` (or `tensorrt_rtx`) stand-in serving one engine: image [-1, 3, 8, 8] float32 ->
-    logits [-1, 5] float32 and pooled [-1, 3] float16 (global average pool -> linear)."""
+    logits [-1, 5] float32 and pooled [-1, 3] float16 (global average pool -> linear).
+
+    engine_plugins: (name, version, namespace) creators the engine's plugin layers need: deserializing fails
+    unless they are registered, as in TensorRT (set `trt.plugins_in_plan` for a plan that carries them);
+    plugin_provides: what a loaded plugin library registers; plugin_refused: load_library fails.
+    """
     trt = RecordedModule(name)
     trt.used = used = set()
     trt.__version__ = version
     weight, bias = classifier_weights()
+
+    class PluginRegistry(Recorded):
+        kind = "IPluginRegistry"
+
+        def __init__(self):
+            self.used = used
+            self._creators: set[tuple[str, str, str]] = set()
+
+        def load_library(self, plugin_path):
+            log.append(("load_library", plugin_path))
+            if plugin_refused:
+                return None
+            self._creators |= set(plugin_provides)
+            return object()
+
+        def get_creator(self, type, version, plugin_namespace=""):  # noqa: A002  (TensorRT's argument name)
+            key = (type, version, plugin_namespace)
+            return key if key in self._creators else None
+
+    registry = PluginRegistry()
 
     class DataType(enum.Enum):
         FLOAT = "float32"
@@ -253,7 +296,8 @@ def make_tensorrt(log: CallLog, name: str = "tensorrt", version: str = "10.3.0.3
 
         def deserialize_cuda_engine(self, data):
             log.append(("deserialize_cuda_engine", len(data)))
-            return CudaEngine() if bytes(data) == ENGINE_BYTES else None
+            plugins_found = trt.plugins_in_plan or all(registry.get_creator(*p) for p in engine_plugins)
+            return CudaEngine() if bytes(data) == ENGINE_BYTES and plugins_found else None
 
     trt.DataType, trt.TensorIOMode, trt.Logger, trt.Runtime, trt.nptype = (
         DataType,
@@ -263,6 +307,9 @@ def make_tensorrt(log: CallLog, name: str = "tensorrt", version: str = "10.3.0.3
         nptype,
     )
     trt.ICudaEngine, trt.IExecutionContext = CudaEngine, ExecutionContext
+    trt.IPluginRegistry = PluginRegistry
+    trt.get_plugin_registry = lambda: registry
+    trt.plugins_in_plan = False
     trt.execute_result = True
     trt.tensors = tensors
     return trt
@@ -324,3 +371,28 @@ def make_pycuda(log: CallLog, gpu=("Orin", 8, 7)) -> types.ModuleType:
     driver.pagelocked_empty = lambda shape, dtype: np.zeros(shape, dtype)
     driver.memcpy_htod_async, driver.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
     return driver
+
+
+# -- engine files -------------------------------------------------------------------------------------------
+def write_engine(folder, flavour="tensorrt", version="10.3.0.30", cc="8.7", gpu="Orin", options=None,
+                 data=ENGINE_BYTES, sidecar=True, name="model.engine", plugins=None):  # fmt: skip
+    """The fake engine's file and (unless sidecar=False) its sidecar, as `slab-edge build` writes them."""
+    path = folder / name
+    path.write_bytes(data)
+    if sidecar:
+        side = EngineSidecar(
+            builder={"flavour": flavour, "version": version},
+            gpu={"name": gpu, "compute_capability": cc},
+            precision="fp16",
+            profiles=[{"image": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [4, 3, 8, 8]}}],
+            onnx_metadata=encode_metadata(default_metadata(size=8)),
+            options=options or {},
+            plugins=plugins or [],
+        )
+        atomic_write_json(sidecar_path(path), side.to_json())
+    return path
+
+
+def batch_of(n: int, seed: int = 0) -> np.ndarray:
+    """A batch for the fake engine's image input [n, 3, 8, 8]."""
+    return np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)

@@ -147,3 +147,94 @@ def make_toy_lm(
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(folder / name))
     return folder
+
+
+#: the toy's tensors under onnxruntime-genai's names: layer 0 linear (S), layer 1 a KV cache (kv)
+GENAI_RENAMES = {
+    "past.0.S": "past_key_values.0.recurrent_state",
+    "present.0.S": "present.0.recurrent_state",
+    "past.0.kv": "past_key_values.1.key",
+    "present.0.kv": "present.1.key",
+    "logits": "logits_last",
+}
+
+
+def genai_state_layout() -> list[dict]:
+    return [
+        {"layer": 0, "name": "conv_state", "input": "past_key_values.0.conv_state",
+         "output": "present.0.conv_state", "shape": ["batch", 1, 1], "dtype": "float32"},
+        {"layer": 0, "name": "recurrent_state", "input": "past_key_values.0.recurrent_state",
+         "output": "present.0.recurrent_state", "shape": ["batch", DIM], "dtype": "float32"},
+        {"layer": 1, "name": "key", "input": "past_key_values.1.key", "output": "present.1.key",
+         "shape": ["batch", 2, "past_len", 3], "dtype": "float32"},
+        {"layer": 1, "name": "value", "input": "past_key_values.1.value", "output": "present.1.value",
+         "shape": ["batch", 2, "past_len", 3], "dtype": "float32"},
+    ]  # fmt: skip
+
+
+def make_toy_genai(folder: Path, seed: int = 0, context_length: int = 64) -> Path:
+    """The toy graph as an export-lm --format genai folder (same logits as `reference_logits`).
+
+    The prefill graph's tensors are renamed to genai's names; a passed-through conv_state placeholder, a
+    value cache beside the key cache (unused by the logits) and logits [B, 1, V] complete the contract.
+    """
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from slab_edge.data.text_tokenizer import ByteTokenizer
+    from slab_edge.runtime.genai import BYTE_EOS_ID, genai_config, tokenizer_digest, tokenizer_files
+
+    model = _graph("lm-prefill", seed)
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = [GENAI_RENAMES.get(n, n) for n in node.input]
+        node.output[:] = [GENAI_RENAMES.get(n, n) for n in node.output]
+    for value in [*graph.input, *graph.output]:
+        value.name = GENAI_RENAMES.get(value.name, value.name)
+    graph.node.extend(
+        [
+            helper.make_node("Identity", ["past_key_values.0.conv_state"], ["present.0.conv_state"]),
+            helper.make_node("Concat", ["past_key_values.1.value", "f5"], ["present.1.value"], axis=2),
+            helper.make_node("Unsqueeze", ["logits_last", "axes_1"], ["logits"]),  # [B, 1, V]
+        ]
+    )
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info("past_key_values.0.conv_state", TensorProto.FLOAT, ["batch", 1, 1]),
+            helper.make_tensor_value_info(
+                "past_key_values.1.value", TensorProto.FLOAT, ["batch", 2, "past_len", 3]
+            ),
+        ]
+    )
+    del graph.output[0]  # logits [B, V] becomes logits_last, an inner value
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, VOCAB]),
+            helper.make_tensor_value_info("present.0.conv_state", TensorProto.FLOAT, ["batch", 1, 1]),
+            helper.make_tensor_value_info("present.1.value", TensorProto.FLOAT, ["batch", 2, "total_len", 3]),
+        ]
+    )
+    layout = genai_state_layout()
+    files = tokenizer_files(ByteTokenizer(), context_length)
+    meta = {
+        "task": "lm-genai",
+        "model": "toy_lm",
+        "tokenizer": "byte",
+        "vocab_size": VOCAB,
+        "state_layout": layout,
+        "max_prompt_len": None,
+        "tokenizer_sha256": tokenizer_digest(files["tokenizer.json"]),
+    }
+    for key, value in encode_metadata(meta).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model, full_check=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    config = genai_config(layout, VOCAB, DIM, context_length, BYTE_EOS_ID)
+    (folder / "genai_config.json").write_text(json.dumps(config, indent=2))
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder

@@ -1,7 +1,11 @@
-"""Test helpers: tiny ONNX classifiers built with onnx.helper (no torch), images of every PIL mode."""
+"""Test helpers: tiny ONNX classifiers built with onnx.helper (no torch), images of every PIL mode, a Python
+that cannot import torch."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +104,25 @@ def write_image(path: Path, mode: str = "RGB", size=(40, 30), seed: int = 0, **s
             image = image.convert(mode)
     image.save(path, **save_kwargs)
     return path
+
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch.") or name in ("timm", "torchvision"):
+                raise ImportError(f"{name} is blocked in this test")
+    sys.meta_path.insert(0, BlockTorch())
+    """
+)
+
+
+def run_blocked(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python where importing torch, timm or torchvision fails."""
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

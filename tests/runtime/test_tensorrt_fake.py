@@ -10,67 +10,16 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
 import numpy as np
 import pytest
-from fake_trt import ENGINE_BYTES, CallLog, make_cudart, make_pycuda, make_tensorrt
-from runtime_helpers import LABELS, classifier_weights, default_metadata, reference_logits
+from fake_trt import CallLog, batch_of, make_cudart, write_engine
+from runtime_helpers import LABELS, classifier_weights, reference_logits
 
 from slab_edge.errors import BackendError, InputError
-from slab_edge.io import atomic_write_json
 from slab_edge.runtime import load
-from slab_edge.runtime.metadata import EngineSidecar, encode_metadata, sidecar_path
+from slab_edge.runtime.metadata import EngineSidecar, sidecar_path
 from slab_edge.runtime.tensorrt_session import TensorRTSession, check_builder
-
-
-class Fakes(types.SimpleNamespace):
-    pass
-
-
-@pytest.fixture()
-def fakes(monkeypatch):
-    log = CallLog()
-    cudart = make_cudart(log)
-    cuda_pkg, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
-    cuda_pkg.bindings, bindings.runtime = bindings, cudart
-    trt = make_tensorrt(log)
-    rtx = make_tensorrt(log, "tensorrt_rtx", "1.7.1.116")
-    driver = make_pycuda(log)
-    pycuda_pkg = types.ModuleType("pycuda")
-    pycuda_pkg.driver = driver
-    for name, module in {
-        "cuda": cuda_pkg,
-        "cuda.bindings": bindings,
-        "cuda.bindings.runtime": cudart,
-        "tensorrt": trt,
-        "tensorrt_rtx": rtx,
-        "pycuda": pycuda_pkg,
-        "pycuda.driver": driver,
-    }.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return Fakes(log=log, cudart=cudart, trt=trt, rtx=rtx, driver=driver, monkeypatch=monkeypatch)
-
-
-def write_engine(folder, flavour="tensorrt", version="10.3.0.30", cc="8.7", gpu="Orin", options=None,
-                 data=ENGINE_BYTES, sidecar=True, name="model.engine"):  # fmt: skip
-    path = folder / name
-    path.write_bytes(data)
-    if sidecar:
-        side = EngineSidecar(
-            builder={"flavour": flavour, "version": version},
-            gpu={"name": gpu, "compute_capability": cc},
-            precision="fp16",
-            profiles=[{"image": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [4, 3, 8, 8]}}],
-            onnx_metadata=encode_metadata(default_metadata(size=8)),
-            options=options or {},
-        )
-        atomic_write_json(sidecar_path(path), side.to_json())
-    return path
-
-
-def batch_of(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)
 
 
 def test_runs_the_documented_api_in_order_with_correct_numbers(fakes, tmp_path):
@@ -331,12 +280,18 @@ def test_real_cuda_python_without_gpu_is_a_clear_error():
         CudaMemory(0)
 
 
-def test_fake_matches_real_api(fakes, tmp_path):
+def test_fake_matches_real_api(fakes, tmp_path, plugin_libraries):
     """Every TensorRT / cuda-python name the session used on the fakes exists in the real modules."""
     options = {"dla_core": 0, "version_compatible": True, "exclude_lean_runtime": True}
-    with load(write_engine(tmp_path, version="10.0", options=options), lean_runtime="lean.so") as session:
+    plugin = {
+        "library": "libplugin.so",
+        "plugins": [{"name": "SlabLinearAttention", "version": "1", "namespace": "slab"}],
+    }
+    engine = write_engine(tmp_path, version="10.0", options=options, plugins=[plugin])
+    with load(engine, lean_runtime="lean.so", plugin=plugin_libraries.plugin) as session:
         session.run(batch_of(2))
     used_trt, used_cuda = set(fakes.trt.used), set(fakes.cudart.used)
+    assert {("IPluginRegistry", "load_library"), ("IPluginRegistry", "get_creator")} <= used_trt
     assert ("IExecutionContext", "execute_async_v3") in used_trt and (
         "module",
         "cudaMemcpyAsync",

@@ -3,31 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
-from runtime_helpers import write_image
-
-BLOCK_TORCH = textwrap.dedent(
-    """
-    import importlib.abc, sys
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch.") or name in ("timm", "torchvision"):
-                raise ImportError(f"{name} is blocked in this test")
-    sys.meta_path.insert(0, BlockTorch())
-    """
-)
-
-
-def run_blocked(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from runtime_helpers import run_blocked, write_image
 
 
 def test_load_preprocess_run_without_torch(tiny_onnx, tmp_path):
@@ -37,6 +14,7 @@ def test_load_preprocess_run_without_torch(tiny_onnx, tmp_path):
         import json, sys
         import slab_edge.runtime as rt
         from slab_edge.runtime import benchmark, compare, infer, cuda_memory, tensorrt_session  # importable
+        from slab_edge.runtime import genai, sidecar, tensorrt_plugins  # importable
         with rt.load({str(tiny_onnx)!r}, threads=1) as session:
             batch = rt.transform_for(session)({str(image)!r})[None]
             logits = session.run(batch)["logits"]

@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from slab_edge import cli
+from slab_edge.data.text_tokenizer import ByteTokenizer
 from slab_edge.errors import CheckpointError, InputError
-from slab_edge.train.lm import LMTrainConfig, eval_windows, load_lm, sample_batch, train_lm
+from slab_edge.train.checkpoint import write_safetensors
+from slab_edge.train.lm import (
+    LMTrainConfig,
+    build_lm,
+    eval_windows,
+    lm_meta,
+    load_lm,
+    sample_batch,
+    train_lm,
+)
 
 #: a tiny and fast run: ~60 kB of stdlib source, windows of 32 bytes, 2 windows per step
 FAST = dict(
@@ -51,10 +61,15 @@ def test_tiny_run_writes_model_metrics_plot_and_summary(tmp_path):
     assert not model.training
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight = train_lm(config(tmp_path, "a", steps=5, attention="gla"))
-    train_lm(config(tmp_path, "b", steps=5, attention="gla", stop_at_step=2))
-    resumed = train_lm(config(tmp_path, "b", steps=5, attention="gla", resume=True))
+#: a 1:1 gla:softmax hybrid of FAST's widths over 2 layers
+HYBRID = dict(attention="gla", attention_pattern="LS", model_kwargs={**FAST["model_kwargs"], "num_layers": 2})
+
+
+@pytest.mark.parametrize("model", [dict(attention="gla"), HYBRID], ids=["gla", "gla+softmax"])
+def test_resume_continues_exactly(tmp_path, model):
+    straight = train_lm(config(tmp_path, "a", steps=5, **model))
+    train_lm(config(tmp_path, "b", steps=5, stop_at_step=2, **model))
+    resumed = train_lm(config(tmp_path, "b", steps=5, resume=True, **model))
     assert resumed["steps"] == 5
     a, _, _ = load_lm(tmp_path / "a")
     b, _, _ = load_lm(tmp_path / "b")
@@ -76,6 +91,30 @@ def test_resume_refuses_another_model(tmp_path):
     train_lm(config(tmp_path, steps=1, stop_at_step=1))
     with pytest.raises(CheckpointError, match="attention"):
         train_lm(config(tmp_path, steps=2, attention="softmax", resume=True))
+    with pytest.raises(CheckpointError, match="attention_pattern: None -> 'S'"):
+        train_lm(config(tmp_path, steps=2, attention_pattern="S", resume=True))
+
+
+def test_hybrid_run_records_its_pattern_and_reloads_it(tmp_path):
+    summary = train_lm(config(tmp_path, steps=1, **HYBRID))
+    assert summary["model"]["attention_pattern"] == "LS"
+    model, meta, _ = load_lm(tmp_path / "run")
+    assert meta["attention_pattern"] == "LS"
+    assert model.config.layer_attention() == ("gla", "softmax")
+    assert model.state_names() == ["layers.0.S", "layers.1.k_cache", "layers.1.v_cache"]
+
+
+def test_model_files_without_a_pattern_load_as_before(tmp_path):
+    """Metadata written before hybrids existed has no attention_pattern key: every layer is `attention`."""
+    cfg = config(tmp_path, attention="sla")
+    meta = lm_meta(cfg, ByteTokenizer())
+    del meta["attention_pattern"]
+    model = build_lm("tiny", "sla", "prepbn", 256, **cfg.model_kwargs)
+    write_safetensors(tmp_path / "old.safetensors", model.state_dict(), meta)
+    loaded, _, _ = load_lm(tmp_path / "old.safetensors")
+    assert loaded.config.layer_attention() == ("sla",) and loaded.config.attention_pattern is None
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_bpe_tokenizer_is_trained_locally_and_saved_beside_the_model(tmp_path):
@@ -111,6 +150,21 @@ def test_bad_choices_are_refused(tmp_path):
     for key, value in (("attention", "mamba"), ("norm", "layernorm"), ("model", "7b"), ("amp", "fp8")):
         with pytest.raises(InputError, match=key if key != "model" else "--model"):
             train_lm(config(tmp_path, **{key: value}))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(attention_pattern="LLS"), "does not divide num_layers 1"),
+        (dict(attention_pattern="LX"), "got 'X'"),
+        (dict(attention="softmax", attention_pattern="S"), "needs attention sla or gla"),
+        (dict(attention_pattern="L", model_kwargs={"attention_pattern": "S"}), "model_kwargs must not set"),
+    ],
+)
+def test_bad_attention_pattern_fails_before_anything_is_written(tmp_path, overrides, message):
+    with pytest.raises(InputError, match=message):
+        train_lm(config(tmp_path, tokenizer="bpe", bpe_vocab=300, **overrides))
+    assert not (tmp_path / "run").exists()
 
 
 def test_batches_are_a_pure_function_of_the_step():
