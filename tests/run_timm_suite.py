@@ -6,7 +6,7 @@
 `run` selects the zoo with -k "slab or prepbn" (`import slab_edge` registers it in timm: loaded as a pytest
 plugin), uses the suite's own pytest configuration (timm's pyproject.toml: markers, testpaths), prints the
 pass count and exits non-zero on any failure, on an empty selection, or when the sdist cannot be fetched.
-Extra ARGS go to pytest (e.g. -x, or -k to narrow further: the last -k wins).
+-k replaces the selection (e.g. -k "slab_pvt_tiny and fx"); other ARGS go to pytest (e.g. -x, --durations=20).
 
 The suite is cached per timm version under <venv>/timm-suite/<version>/ (git-ignored with .venv/), so a
 timm upgrade fetches the matching tests on the next run.
@@ -62,7 +62,7 @@ def fetch(timm_version: str) -> Path:
     return root
 
 
-def run(timm_version: str, workers: int, pytest_args: list[str]) -> int:
+def run(timm_version: str, workers: int, selection: str, pytest_args: list[str]) -> int:
     """Run the cached suite on the zoo; returns the exit status (0 only if all selected tests passed)."""
     root = fetch(timm_version)
     env = dict(os.environ)
@@ -73,7 +73,7 @@ def run(timm_version: str, workers: int, pytest_args: list[str]) -> int:
         cmd = [
             sys.executable, "-m", "pytest", str(root / "tests" / "test_models.py"),
             "-c", str(root / "pyproject.toml"), "--rootdir", str(root), "-p", "slab_edge",
-            "-k", ZOO_SELECTION, "-q", "-rfEs", "-p", "no:cacheprovider", f"--junitxml={report}",
+            "-k", selection, "-q", "-rfEs", "-p", "no:cacheprovider", f"--junitxml={report}",
             "-W", "ignore::pytest.PytestUnknownMarkWarning",  # @pytest.mark.timeout without pytest-timeout
             "-n", str(workers) if workers > 1 else "0", *pytest_args,
         ]  # fmt: skip
@@ -83,7 +83,7 @@ def run(timm_version: str, workers: int, pytest_args: list[str]) -> int:
         counts = _counts(report)
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     print(
-        f"timm {timm_version} tests/test_models.py -k {ZOO_SELECTION!r}: {passed} passed, "
+        f"timm {timm_version} tests/test_models.py -k {selection!r}: {passed} passed, "
         f"{counts['failures']} failed, {counts['errors']} errors, {counts['skipped']} skipped "
         f"of {counts['tests']} ({seconds:.0f} s)"
     )
@@ -104,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("fetch", "run"), nargs="?", default="run")
     parser.add_argument("-n", "--workers", type=int, default=1, help="pytest-xdist workers (default: 1)")
+    parser.add_argument("-k", dest="selection", default=ZOO_SELECTION, help=f"default: {ZOO_SELECTION!r}")
     args, pytest_args = parser.parse_known_args(argv)
     timm_version = version("timm")
     if args.command == "fetch":
         print(f"timm {timm_version} test suite: {fetch(timm_version)}")
         return 0
-    return run(timm_version, args.workers, pytest_args)
+    return run(timm_version, args.workers, args.selection, pytest_args)
 
 
 if __name__ == "__main__":
