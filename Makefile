@@ -6,8 +6,10 @@ STAMP   := $(VENV)/.installed-dev
 # torch/torchvision come from the local wheel store where one exists; the pins match it.
 TORCH   := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# timm's own tests/test_models.py on the zoo (tests/run_timm_suite.py): pytest-xdist workers, extra pytest args
+TIMM_SUITE_ARGS ?= -n 2
 
-.PHONY: demo test lint venv bench clean
+.PHONY: demo test timm-suite lint venv bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +22,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m slab_edge.native.build ort
 	# TensorRT-RTX: the one TensorRT builder that installs (and builds engines) on a CPU-only machine.
 	$(BIN)/pip install -q tensorrt-rtx-cu13 || echo "tensorrt-rtx-cu13 not installable here: engine-build tests will skip and say why"
+	# timm's model test suite for the installed timm version (its sdist from PyPI, cached in .venv/timm-suite/)
+	$(BIN)/python tests/run_timm_suite.py fetch
 	touch $@
 
 venv: $(STAMP)
@@ -30,6 +34,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python tests/run_timm_suite.py run $(TIMM_SUITE_ARGS)
+
+timm-suite: $(STAMP)
+	$(BIN)/python tests/run_timm_suite.py run $(TIMM_SUITE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -113,7 +113,7 @@ def median_ms(times: list[float]) -> float:
 
 def time_all(args, out: Path) -> dict[str, Any]:
     from slab_edge.runtime.benchmark import BURST, SWITCH_DISCARD, machine_info, time_interleaved
-    from slab_edge.runtime.session import load
+    from slab_edge.runtime.loader import load
 
     exports = json.loads((out / "exports.json").read_text())
     results: dict[str, Any] = {

@@ -77,7 +77,7 @@ def time_pair(args, pair: dict[str, dict[str, Any]], contexts: list[int]) -> dic
     """Prefill and decode of the standard and ort exports of one model, at every context."""
     from slab_edge.runtime.benchmark import time_interleaved
     from slab_edge.runtime.generate import parse_state_layout
-    from slab_edge.runtime.session import load
+    from slab_edge.runtime.loader import load
 
     options = {"threads": args.threads, "provider": args.provider}
     prefill = {ops: load(Path(e["folder"]) / "prefill.onnx", **options) for ops, e in pair.items()}

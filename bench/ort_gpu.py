@@ -45,7 +45,7 @@ def main() -> None:
     if args.device == "cuda" and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()  # the pip CUDA/cuDNN libraries torch brought along
     from slab_edge.export import export_model, prepare_model
-    from slab_edge.runtime import session as rt
+    from slab_edge.runtime import loader as rt
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

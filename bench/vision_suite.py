@@ -229,7 +229,7 @@ def phase_time(args: argparse.Namespace) -> dict[str, Any]:
         peak_rss_mb,
         time_interleaved,
     )
-    from slab_edge.runtime.session import load
+    from slab_edge.runtime.loader import load
 
     out = Path(args.out)
     manifest = json.loads((out / "exports.json").read_text())

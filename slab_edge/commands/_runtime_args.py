@@ -67,7 +67,7 @@ def parse_provider_options(items: list[str]) -> dict[str, str]:
 
 def session_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
     """`load()` options for `model` from the shared flags (ONNX Runtime vs TensorRT)."""
-    from slab_edge.runtime.session import backend_for
+    from slab_edge.runtime.loader import backend_for
 
     if backend_for(model) == "onnxruntime":
         options = {

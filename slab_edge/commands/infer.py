@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from slab_edge.io import atomic_write_json
     from slab_edge.runtime.infer import classify, collect_images, format_prediction, format_summary
+    from slab_edge.runtime.loader import load
     from slab_edge.runtime.preprocess import transform_for
-    from slab_edge.runtime.session import load
 
     if args.top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {args.top_k}")

@@ -80,8 +80,8 @@ def step_infer(state) -> dict[str, Any]:
 
     from slab_edge.runtime.benchmark import benchmark_models
     from slab_edge.runtime.infer import classify, collect_images
+    from slab_edge.runtime.loader import load
     from slab_edge.runtime.preprocess import transform_for
-    from slab_edge.runtime.session import load
 
     folder = state.output / HELDOUT_DIR
     write_heldout_pngs(folder)

@@ -18,7 +18,8 @@ class RepBN(nn.Module):
     """BatchNorm over channels plus a learnable scalar skip: BN(x) + alpha * x.
 
     Input [B, ..., C] (channels last, e.g. tokens [B, N, C]). Statistics are taken over every position of
-    every sample, as BatchNorm1d over [B, C, N] does.
+    every sample, as BatchNorm1d over [B, C, N] does. `device` / `dtype` place the parameters and buffers
+    (timm's factory kwargs).
     """
 
     def __init__(
@@ -29,10 +30,12 @@ class RepBN(nn.Module):
         alpha_init: float = 1.0,
         weight_init: float = 1.0,
         bias_init: float = 0.0,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
-        self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
-        self.bn = nn.BatchNorm1d(dim, eps=eps, momentum=momentum)
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha_init), device=device, dtype=dtype))
+        self.bn = nn.BatchNorm1d(dim, eps=eps, momentum=momentum, device=device, dtype=dtype)
         nn.init.constant_(self.bn.weight, weight_init)
         nn.init.constant_(self.bn.bias, bias_init)
 
@@ -53,7 +56,8 @@ class ProgressiveNorm(nn.Module):
     Buffers: `step` (optimizer steps taken), `warmup_steps`, `decay_steps`.
 
     Both branches run in every training forward (the LN-only warm-up included), so every parameter gets a
-    gradient each step and DistributedDataParallel needs no `find_unused_parameters`.
+    gradient each step and DistributedDataParallel needs no `find_unused_parameters`. `device` / `dtype`
+    place the parameters and buffers (the schedule buffers stay int64).
     """
 
     def __init__(
@@ -65,19 +69,23 @@ class ProgressiveNorm(nn.Module):
         eps: float = 1e-6,
         bn_eps: float = 1e-5,
         repbn_init: tuple[float, float, float] = (1.0, 1.0, 0.0),
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if first == "layernorm":
-            self.ln = nn.LayerNorm(dim, eps=eps)
+            self.ln = nn.LayerNorm(dim, eps=eps, **dd)
         elif first == "rmsnorm":
-            self.ln = nn.RMSNorm(dim, eps=eps)
+            self.ln = nn.RMSNorm(dim, eps=eps, **dd)
         else:
             raise ValueError(f"ProgressiveNorm first norm must be 'layernorm' or 'rmsnorm', got {first!r}")
         alpha, weight, bias = repbn_init
-        self.repbn = RepBN(dim, eps=bn_eps, alpha_init=alpha, weight_init=weight, bias_init=bias)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("warmup_steps", torch.tensor(int(warmup_steps), dtype=torch.long))
-        self.register_buffer("decay_steps", torch.tensor(int(decay_steps), dtype=torch.long))
+        self.repbn = RepBN(dim, eps=bn_eps, alpha_init=alpha, weight_init=weight, bias_init=bias, **dd)
+        steps = {"device": device, "dtype": torch.long}
+        self.register_buffer("step", torch.zeros((), **steps))
+        self.register_buffer("warmup_steps", torch.tensor(int(warmup_steps), **steps))
+        self.register_buffer("decay_steps", torch.tensor(int(decay_steps), **steps))
 
     def mix_weight(self) -> torch.Tensor:
         """Current LN weight g in [0, 1] as a float32 scalar tensor."""

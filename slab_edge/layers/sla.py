@@ -17,6 +17,10 @@ from torch import nn
 from slab_edge.ops.sla import SLA_EPS, sla_core_channels_first
 from slab_edge.ops.sla_fused import linear_attention, use_fused
 
+# torch.fx records the core as one call: it picks the product order from the token count and switches
+# autocast off, neither of which a symbolic trace can follow.
+torch.fx.wrap("sla_core_channels_first")
+
 
 def resample_positional_encoding(
     pe: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]
@@ -43,6 +47,7 @@ class SimplifiedLinearAttention(nn.Module):
         split_qkv: separate q and kv projections (PVT naming) instead of one qkv.
         dynamic_size: accept other grids by bicubic resampling of the positional encoding; otherwise a
             grid other than grid_size raises ValueError.
+        device, dtype: where and in which dtype the parameters are created (timm's factory kwargs).
     """
 
     __jit_unused_properties__ = ["input_linear"]
@@ -58,8 +63,11 @@ class SimplifiedLinearAttention(nn.Module):
         proj_drop: float = 0.0,
         split_qkv: bool = False,
         dynamic_size: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads = dim, num_heads
@@ -70,19 +78,21 @@ class SimplifiedLinearAttention(nn.Module):
         # The unused projection slots hold parameter-free Identities so TorchScript can compile both branches
         # while the state dict keeps the official names only.
         if split_qkv:
-            self.q = nn.Linear(dim, dim, bias=qkv_bias)
-            self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+            self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+            self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias, **dd)
             self.qkv = nn.Identity()
         else:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
             self.q = nn.Identity()
             self.kv = nn.Identity()
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         self.dwc = nn.Conv2d(
-            self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2, groups=self.head_dim
+            self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2, groups=self.head_dim, **dd
         )
-        self.positional_encoding = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], dim))
+        self.positional_encoding = nn.Parameter(
+            torch.zeros(1, self.grid_size[0] * self.grid_size[1], dim, **dd)
+        )
 
     @property
     def input_linear(self) -> list[nn.Linear]:

@@ -15,8 +15,10 @@ last stage), or two cross-shaped branches on channel halves (`attns.0`: vertical
 - 'L' stages (1-2) use the SLA split sizes 56 and 28 = the map side: one global SLA branch. SLA
   (REFERENCE §1: k += positional encoding [1, N, C], ReLU feature maps, fp32 core, one 5x5 depthwise conv
   on V shared by the heads) plus LePE: a 3x3 depthwise conv `get_v` over all channels of V, added to the
-  output. The official SLA module carries a parameter `scale` [1, 1, C] that its forward never reads
-  (a leftover of FLatten's focusing function); it is kept so official checkpoints load strictly.
+  output. The official SLA module carries a parameter `scale` [1, 1, C] (zero-initialised) that its
+  forward never reads: FLatten's focusing function divided q and k by softplus(scale), and SLAB dropped the
+  focusing function but kept the parameter, so it never gets a gradient. This model has no such parameter;
+  `checkpoint_filter_fn` drops it from official checkpoints (which then load strictly).
 - 'S' stages (3-4) use CSwin's softmax LePE attention (scale head_dim^-0.5) with split 7: cross-shaped
   14x7 / 7x14 stripes in stage 3, full 7x7 attention in stage 4.
 Norms are progressive norms (LayerNorm -> RepBN over `prepbn_steps` = 120k optimizer steps).
@@ -31,6 +33,7 @@ divide); a forward with another size raises ValueError naming the expected size.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -41,12 +44,14 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from slab_edge.errors import InputError
 from slab_edge.layers.reparam import absorb_into_following, absorb_into_preceding
-from slab_edge.models._common import PooledTokenClassifier, make_norm_layer
+from slab_edge.models._common import PooledTokenClassifier, check_image_size, make_norm_layer, tokens_to_nhwc
 from slab_edge.models._registry import register_slab_model
 from slab_edge.ops.sla import SLA_EPS, sla_core
 from slab_edge.ops.sla_fused import linear_attention, use_fused
+
+torch.fx.wrap("check_image_size")  # traced graphs keep the input check as one call (see _common)
+torch.fx.wrap("sla_core")  # one call in traced graphs: its product order depends on the token count
 
 __all__ = ["SlabCSwinTransformer", "checkpoint_filter_fn"]
 
@@ -84,13 +89,21 @@ class LePEAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, res: int, idx: int, split: int, num_heads: int, attn_drop: float = 0.0
+        self,
+        dim: int,
+        res: int,
+        idx: int,
+        split: int,
+        num_heads: int,
+        attn_drop: float = 0.0,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         self.dim, self.res, self.num_heads = dim, res, num_heads
         self.h_sp, self.w_sp = _stripe_shape(res, idx, split)
         self.scale = (dim // num_heads) ** -0.5
-        self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, device=device, dtype=dtype)
         self.attn_drop = nn.Dropout(attn_drop)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,24 +128,32 @@ class LePESLA(nn.Module):
 
     Input q, k, v [B, res*res, C]; output [B, res*res, C]. Parameters (official names): positional_encoding
     [1, n, C] added to k, get_v (3x3 depthwise LePE conv on V, all C channels), dwc (one depthwise conv over
-    the head dimension, shared by all heads, on V), scale [1, 1, C] (unused by the official forward; kept for
-    strict loading).
+    the head dimension, shared by all heads, on V). The official module's unused `scale` is not kept (see
+    the module docstring).
     """
 
     def __init__(
-        self, dim: int, res: int, idx: int, split: int, num_heads: int, kernel_size: int = 5
+        self,
+        dim: int,
+        res: int,
+        idx: int,
+        split: int,
+        num_heads: int,
+        kernel_size: int = 5,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.res, self.num_heads = dim, res, num_heads
         self.head_dim = dim // num_heads
         self.h_sp, self.w_sp = _stripe_shape(res, idx, split)
-        self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
         d = self.head_dim
-        self.dwc = nn.Conv2d(d, d, kernel_size, padding=kernel_size // 2, groups=d)
-        self.scale = nn.Parameter(torch.zeros(1, 1, dim))
-        self.positional_encoding = nn.Parameter(torch.zeros(1, self.h_sp * self.w_sp, dim))
+        self.dwc = nn.Conv2d(d, d, kernel_size, padding=kernel_size // 2, groups=d, **dd)
+        self.positional_encoding = nn.Parameter(torch.zeros(1, self.h_sp * self.w_sp, dim, **dd))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         res, h_sp, w_sp = self.res, self.h_sp, self.w_sp
@@ -201,12 +222,15 @@ class CSwinBlock(nn.Module):
         last_stage: bool = False,
         kernel_size: int = 5,
         deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.dim, self.res = dim, res
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias or deploy)
-        self.norm1 = nn.Identity() if deploy else norm_layer(dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias or deploy, **dd)
+        self.norm1 = nn.Identity() if deploy else norm_layer(dim, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(drop)
         one_branch = last_stage or split == res
         self.branch_num = 1 if one_branch else 2
@@ -216,13 +240,13 @@ class CSwinBlock(nn.Module):
             else [(0, dim // 2, num_heads // 2), (1, dim // 2, num_heads // 2)]
         )
         if attn_type == "L":
-            attns = [LePESLA(c, res, idx, split, h, kernel_size) for idx, c, h in branches]
+            attns = [LePESLA(c, res, idx, split, h, kernel_size, **dd) for idx, c, h in branches]
         else:
-            attns = [LePEAttention(c, res, idx, split, h, attn_drop) for idx, c, h in branches]
+            attns = [LePEAttention(c, res, idx, split, h, attn_drop, **dd) for idx, c, h in branches]
         self.attns = nn.ModuleList(attns)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-        self.norm2 = nn.Identity() if deploy else norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop, **dd)
+        self.norm2 = nn.Identity() if deploy else norm_layer(dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.dim
@@ -255,20 +279,36 @@ class MapToTokens(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
+#: ends the error message for another image size
+_FIXED_SIZE_REASON = (
+    "its attention positional encodings and stripes are fixed to the stage maps of that size (resize the "
+    "input, or build the model with img_size=... if that size is supported)"
+)
+
+
 class ConvEmbed(nn.Sequential):
     """Official `stage1_conv_embed`: Conv2d(in, C, 7, stride 4, pad 2), tokens, norm ([B, N, C] out)."""
 
-    def __init__(self, in_chans: int, dim: int, img_size: int, norm_layer, deploy: bool = False) -> None:
+    def __init__(
+        self,
+        in_chans: int,
+        dim: int,
+        img_size: int,
+        norm_layer,
+        deploy: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(
-            nn.Conv2d(in_chans, dim, 7, stride=4, padding=2),
+            nn.Conv2d(in_chans, dim, 7, stride=4, padding=2, device=device, dtype=dtype),
             MapToTokens(),
-            nn.Identity() if deploy else norm_layer(dim),
+            nn.Identity() if deploy else norm_layer(dim, device=device, dtype=dtype),
         )
         self.in_chans, self.img_size = in_chans, img_size
+        self.size_reason = _FIXED_SIZE_REASON  # an attribute: TorchScript reads no global strings
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            _check_image(x, self.in_chans, self.img_size)
+        check_image_size(x, self.in_chans, (self.img_size, self.img_size), False, 1, self.size_reason)
         for layer in self:
             x = layer(x)
         return x
@@ -283,11 +323,13 @@ class ConvEmbed(nn.Sequential):
 class MergeBlock(nn.Module):
     """Official `Merge_Block`: [B, res*res, C] -> map -> Conv2d(C, C', 3, /2, pad 1) -> tokens -> norm."""
 
-    def __init__(self, dim: int, dim_out: int, res: int, norm_layer, deploy: bool = False) -> None:
+    def __init__(
+        self, dim: int, dim_out: int, res: int, norm_layer, deploy: bool = False, device=None, dtype=None
+    ) -> None:
         super().__init__()
         self.res = res
-        self.conv = nn.Conv2d(dim, dim_out, 3, stride=2, padding=1)
-        self.norm = nn.Identity() if deploy else norm_layer(dim_out)
+        self.conv = nn.Conv2d(dim, dim_out, 3, stride=2, padding=1, device=device, dtype=dtype)
+        self.norm = nn.Identity() if deploy else norm_layer(dim_out, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
@@ -299,18 +341,6 @@ class MergeBlock(nn.Module):
         """Fold the norm into the conv's output channels; idempotent."""
         if absorb_into_preceding(self.conv, self.norm):
             self.norm = nn.Identity()
-
-
-def _check_image(x: torch.Tensor, in_chans: int, img_size: int) -> None:
-    """Raise InputError (a ValueError) for anything but a [B, in_chans, img_size, img_size] batch."""
-    if x.dim() != 4 or x.shape[1] != in_chans:
-        raise InputError(f"expected an image batch [B, {in_chans}, H, W], got shape {tuple(x.shape)}")
-    if x.shape[2] != img_size or x.shape[3] != img_size:
-        raise InputError(
-            f"this model takes {img_size}x{img_size} images, got {x.shape[2]}x{x.shape[3]}: its attention "
-            "positional encodings and stripes are fixed to the stage maps of that size "
-            "(resize the input, or build the model with img_size=... if that size is supported)"
-        )
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -338,6 +368,7 @@ class SlabCSwinTransformer(PooledTokenClassifier):
         kernel_size: SLA depthwise-conv kernel.
         global_pool: 'avg' or ''.
         deploy: build the folded graph (norms = Identity) for deploy checkpoints.
+        device, dtype: where and in which dtype parameters and buffers are created (timm's factory kwargs).
     """
 
     def __init__(
@@ -362,8 +393,11 @@ class SlabCSwinTransformer(PooledTokenClassifier):
         kernel_size: int = 5,
         global_pool: str = "avg",
         deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if isinstance(img_size, (tuple, list)):
             if len(set(img_size)) != 1:
                 raise ValueError(f"CSwin models take square images, got img_size={tuple(img_size)}")
@@ -389,9 +423,10 @@ class SlabCSwinTransformer(PooledTokenClassifier):
         fold = deploy and norm_type != "layernorm"
         dims = [embed_dim * 2**i for i in range(4)]
         self.stage_resolutions = [img_size // 4 // 2**i for i in range(4)]
+        self.final_resolution = self.stage_resolutions[-1]  # of forward_features' map (less after pruning)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
 
-        self.stage1_conv_embed = ConvEmbed(in_chans, embed_dim, img_size, norm_layer, deploy=fold)
+        self.stage1_conv_embed = ConvEmbed(in_chans, embed_dim, img_size, norm_layer, deploy=fold, **dd)
         self.feature_info = []
         for i in range(4):
             res = self.stage_resolutions[i]
@@ -422,17 +457,19 @@ class SlabCSwinTransformer(PooledTokenClassifier):
                     last_stage=last,
                     kernel_size=kernel_size,
                     deploy=fold,
+                    **dd,
                 )  # fmt: skip
                 for j in range(depths[i])
             ]
             setattr(self, f"stage{i + 1}", nn.Sequential(*blocks))
             if not last:
-                setattr(self, f"merge{i + 1}", MergeBlock(dims[i], dims[i + 1], res, norm_layer, deploy=fold))
+                merge = MergeBlock(dims[i], dims[i + 1], res, norm_layer, deploy=fold, **dd)
+                setattr(self, f"merge{i + 1}", merge)
             self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stage{i + 1}"})
         self.grad_checkpointing = False
         self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = nn.Identity() if fold and num_classes > 0 else norm_layer(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.norm = nn.Identity() if fold and num_classes > 0 else norm_layer(self.num_features, **dd)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -472,7 +509,7 @@ class SlabCSwinTransformer(PooledTokenClassifier):
         self.grad_checkpointing = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> normalized tokens [B, N, C] of the last stage."""
+        """[B, 3, H, W] -> the last stage's normalized map [B, R, R, C] (NHWC)."""
         x = self.stage1_conv_embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stage1, x)
@@ -481,7 +518,7 @@ class SlabCSwinTransformer(PooledTokenClassifier):
             x = checkpoint_seq(self.stage4, self.merge3(x))
         else:
             x = self.stage4(self.merge3(self.stage3(self.merge2(self.stage2(self.merge1(self.stage1(x)))))))
-        return self.norm(x)
+        return tokens_to_nhwc(self.norm(x), (self.final_resolution, self.final_resolution))
 
     def forward_intermediates(
         self,
@@ -493,6 +530,9 @@ class SlabCSwinTransformer(PooledTokenClassifier):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-stage feature maps [B, C_i, H_i, W_i] (each stage's output before the next merge).
+
+        Returns the list, or (the last run stage's map [B, R, R, C], normalized as forward_features when
+        every stage ran, the list).
 
         Args:
             x: [B, 3, H, W].
@@ -519,7 +559,8 @@ class SlabCSwinTransformer(PooledTokenClassifier):
             return intermediates
         if len(stages) == 4:
             x = self.norm(x)
-        return x, intermediates
+        res = self.final_resolution if len(stages) == 4 else self.stage_resolutions[len(stages) - 1]
+        return tokens_to_nhwc(x, (res, res)), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -530,6 +571,7 @@ class SlabCSwinTransformer(PooledTokenClassifier):
         for i in range(max_index + 1, 4):
             setattr(self, f"stage{i + 1}", nn.Sequential())
             setattr(self, f"merge{i}", nn.Identity())
+        self.final_resolution = self.stage_resolutions[max_index]
         if prune_norm or prune_end:
             self.norm = nn.Identity()
         if prune_end:
@@ -561,14 +603,20 @@ def _cfg(**kwargs) -> dict:
 default_cfgs = generate_default_cfgs({"slab_cswin_tiny_224": _cfg(), "slab_cswin_small_224": _cfg()})
 
 
+#: `stage{i}.{j}.attns.{k}.scale` of the official SLA branches (LePEAttention's scale is a float, no key)
+_UNUSED_SLA_SCALE = re.compile(r"^stage\d+\.\d+\.attns\.\d+\.scale$")
+
+
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.Tensor]:
     """Convert an official SLAB-CSwin state dict (or training checkpoint) to this model.
 
-    The official names are kept; only the LinearNorm entries are renamed to ProgressiveNorm ones.
+    The official names are kept: the LinearNorm entries are renamed to ProgressiveNorm ones, and the
+    SLA branches' unused `scale` parameters are dropped (see the module docstring).
     """
     from slab_edge.models._convert import convert_official_norms, unwrap_state_dict
 
-    return convert_official_norms(unwrap_state_dict(state_dict))
+    state = convert_official_norms(unwrap_state_dict(state_dict))
+    return {k: v for k, v in state.items() if not _UNUSED_SLA_SCALE.match(k)}
 
 
 def _create_cswin(variant: str, pretrained: bool = False, **kwargs) -> SlabCSwinTransformer:

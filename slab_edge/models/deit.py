@@ -8,9 +8,10 @@ timm names [official builder]:
     slab_deit_digits / deit_digits                small 32x32 models for the digits data (not official)
 
 Semantics follow the official code (REFERENCE §3):
-- SLAB-DeiT has no class token in the forward: `cls_token` exists (official checkpoints carry it) but is
-  unused and frozen; the positional table is [1, 196, C]; tokens are mean-pooled after the final norm. The
-  SLA positional encoding is sized to the token grid of `img_size` (14x14 at 224).
+- SLAB-DeiT has no class token: official checkpoints carry a `cls_token` their forward never reads, and
+  `checkpoint_filter_fn` drops it (the model has no parameter without a gradient); the positional table is
+  [1, 196, C]; tokens are mean-pooled after the final norm. The SLA positional encoding is sized to the
+  token grid of `img_size` (14x14 at 224).
 - DeiT-PRepBN prepends a class token (positional table [1, 197, C]) and classifies x[:, 0] after the
   final norm.
 - A model runs at the image size it was built for; another size raises InputError (a ValueError) unless the
@@ -25,12 +26,10 @@ same logits, and `forward_head(pre_logits=True)` returns pooled pre-norm feature
 is no head to absorb the final norm and it is kept (listed in `unfoldable_norms`). norm_type='layernorm'
 (ablation baseline) cannot be folded at all: LayerNorm statistics depend on the input.
 
-TorchScript: the softmax models script; the SLA models do not, because `SimplifiedLinearAttention`
-(slab_edge.layers.sla) picks its projection submodules at run time and resamples lazily through timm —
-use torch.export or ONNX export for those (torch.jit.script is deprecated in current torch anyway).
+TorchScript (torch.jit.script, deprecated in current torch but still supported) and torch.fx (timm's
+feature extraction; hence no `from __future__ import annotations`, see _common) work for fixed-size
+models; `dynamic_img_size=True` resamples through timm in eager / torch.export / ONNX only.
 """
-
-from __future__ import annotations
 
 import math
 from typing import Tuple, Union  # noqa: UP035  TorchScript reads typing.Tuple, not tuple[...] strings
@@ -53,11 +52,15 @@ from slab_edge.models._common import (
     init_linear_trunc_normal,
     is_foldable,
     make_norm_layer,
+    new_head,
     norm_or_identity,
+    tokens_to_nhwc,
     unfoldable_norm_names,
 )
 from slab_edge.models._convert import convert_official_norms, resample_grid_embedding, unwrap_state_dict
 from slab_edge.models._registry import register_slab_model
+
+torch.fx.wrap("check_image_size")  # traced graphs keep the input check as one call (see _common)
 
 __all__ = ["Attention", "Block", "SlabDeiT", "checkpoint_filter_fn"]
 
@@ -68,16 +71,23 @@ class Attention(nn.Module):
     __jit_unused_properties__ = ["input_linear"]
 
     def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, device=device, dtype=dtype)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
         self.proj_drop = nn.Dropout(proj_drop)
 
     @property
@@ -115,7 +125,10 @@ class Block(PreNormBlock):
         kernel_size: int = 5,
         dynamic_img_size: bool = False,
         deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
+        dd = {"device": device, "dtype": dtype}
         if attn_type == "sla":
             attn = SimplifiedLinearAttention(
                 dim,
@@ -125,12 +138,15 @@ class Block(PreNormBlock):
                 kernel_size=kernel_size,
                 proj_drop=proj_drop,
                 dynamic_size=dynamic_img_size,
+                **dd,
             )
         elif attn_type == "softmax":
-            attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+            attn = Attention(
+                dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd
+            )
         else:
             raise ValueError(f"attn_type must be 'sla' or 'softmax', got {attn_type!r}")
-        super().__init__(dim, attn, mlp_ratio, proj_drop, drop_path, norm_layer, norm_type, deploy)
+        super().__init__(dim, attn, mlp_ratio, proj_drop, drop_path, norm_layer, norm_type, deploy, **dd)
         if deploy and norm_type != "layernorm":
             for layer in self.attn.input_linear:
                 ensure_bias(layer)
@@ -153,13 +169,12 @@ class SlabDeiT(nn.Module):
         prepbn_steps: decay steps T of the progressive norm (official: 60k SLAB-DeiT, 300k DeiT-S-PRepBN).
         prepbn_warmup: LayerNorm-only steps before the decay.
         class_token: prepend a class token (and a positional row for it). Default: global_pool == 'token'.
-        unused_cls_token: keep an (unused, frozen) `cls_token` parameter so official SLAB-DeiT checkpoints
-            load strictly.
         drop_rate, pos_drop_rate, attn_drop_rate, drop_path_rate: dropout / stochastic depth.
         kernel_size: SLA depthwise-conv kernel (5 officially).
         dynamic_img_size: accept other image sizes by resampling positional tables each forward.
         deploy: build the folded (re-parameterized) structure: foldable norms are Identity and the
             absorbing Linears have biases, so a `reparameterize_model` state dict loads strictly.
+        device, dtype: where and in which dtype parameters and buffers are created (timm's factory kwargs).
     """
 
     __jit_unused_properties__ = ["unfoldable_norms"]
@@ -181,7 +196,6 @@ class SlabDeiT(nn.Module):
         prepbn_steps: int = 60_000,
         prepbn_warmup: int = 0,
         class_token: bool | None = None,
-        unused_cls_token: bool = False,
         drop_rate: float = 0.0,
         pos_drop_rate: float | None = None,
         attn_drop_rate: float = 0.0,
@@ -189,8 +203,11 @@ class SlabDeiT(nn.Module):
         kernel_size: int = 5,
         dynamic_img_size: bool = False,
         deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if global_pool not in ("token", "avg", ""):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
         class_token = (global_pool == "token") if class_token is None else class_token
@@ -213,22 +230,19 @@ class SlabDeiT(nn.Module):
         self.deploy = deploy
         self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         self.num_prefix_tokens = 1 if class_token else 0
+        self.output_fmt = "NLC" if class_token else "NHWC"  # of forward_features (timm reads it)
         self.grad_checkpointing = False
         self._traits = {"fixed_input_size": not dynamic_img_size}
         norm_layer = make_norm_layer(norm_type, decay_steps=prepbn_steps, warmup_steps=prepbn_warmup)
 
-        self.cls_token = (
-            nn.Parameter(torch.zeros(1, 1, embed_dim)) if (class_token or unused_cls_token) else None
-        )
-        if self.cls_token is not None and not class_token:
-            self.cls_token.requires_grad_(
-                False
-            )  # official SLAB-DeiT keeps it in the state dict, never uses it
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd)) if class_token else None
         num_tokens = self.grid_size[0] * self.grid_size[1] + self.num_prefix_tokens
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
-        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim, **dd))
+        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, patch_size, **dd)
         self.pos_drop = nn.Dropout(drop_rate if pos_drop_rate is None else pos_drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [drop_path_rate]
+        dpr = (
+            torch.linspace(0, drop_path_rate, depth, device="cpu").tolist() if depth > 1 else [drop_path_rate]
+        )
         self.blocks = nn.ModuleList(
             [
                 Block(
@@ -246,6 +260,7 @@ class SlabDeiT(nn.Module):
                     kernel_size=kernel_size,
                     dynamic_img_size=dynamic_img_size,
                     deploy=deploy,
+                    **dd,
                 )
                 for i in range(depth)
             ]
@@ -254,9 +269,9 @@ class SlabDeiT(nn.Module):
             dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)
         ]
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         # The final norm folds into the head; without a head it stays.
-        self.norm = norm_or_identity(norm_layer, embed_dim, norm_type, deploy and num_classes > 0)
+        self.norm = norm_or_identity(norm_layer, embed_dim, norm_type, deploy and num_classes > 0, **dd)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -292,7 +307,7 @@ class SlabDeiT(nn.Module):
             if global_pool == "token" and self.num_prefix_tokens == 0:
                 raise ValueError("this model has no class token: use global_pool='avg' or ''")
             self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = new_head(self, self.embed_dim, num_classes)
 
     @property
     def unfoldable_norms(self) -> list[str]:
@@ -316,12 +331,15 @@ class SlabDeiT(nn.Module):
         return resample_grid_embedding(self.pos_embed, hw, self.num_prefix_tokens, old_hw=self.grid_size)
 
     def _grid(self, x: torch.Tensor) -> Tuple[int, int]:  # noqa: UP006
-        if not torch.jit.is_scripting():
-            check_image_size(x, self.in_chans, self.img_size, self.dynamic_img_size, self.patch_size)
+        check_image_size(x, self.in_chans, self.img_size, self.dynamic_img_size, self.patch_size)
+        if not self.dynamic_img_size:
+            return self.grid_size  # the only grid the check lets through (constant for torch.fx)
         return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C_in, H, W] -> [B, prefix + N, C] normalized tokens (pre-norm after final-norm folding)."""
+        """[B, C_in, H, W] -> normalized features (pre-norm after final-norm folding): the token map
+        [B, H/p, W/p, C] of a model without class token (`output_fmt` 'NHWC'), else the tokens
+        [B, 1 + N, C] ('NLC')."""
         hw = self._grid(x)
         x = self._pos_embed(self.patch_embed(x), hw)
         for blk in self.blocks:
@@ -329,12 +347,20 @@ class SlabDeiT(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(blk, x, hw, use_reentrant=False)
             else:
                 x = blk(x, hw)
-        return self.norm(x)
+        return self._features_out(self.norm(x), hw)
+
+    def _features_out(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:  # noqa: UP006
+        """Final tokens [B, prefix + N, C] in forward_features' layout (`output_fmt`)."""
+        return x if self.num_prefix_tokens > 0 else tokens_to_nhwc(x, hw)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """[B, prefix + N, C] -> logits [B, num_classes] (pre_logits: pooled features [B, C])."""
+        """forward_features' output -> logits [B, num_classes] (pre_logits: pooled features [B, C])."""
         if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens :].mean(dim=1)
+            x = (
+                x[:, self.num_prefix_tokens :].mean(dim=1)
+                if self.num_prefix_tokens > 0
+                else x.mean(dim=[1, 2])
+            )
         elif self.global_pool == "token":
             x = x[:, 0]
         x = self.head_drop(x)
@@ -366,7 +392,7 @@ class SlabDeiT(nn.Module):
             intermediates_only: return only the list of intermediates.
 
         Returns:
-            list of intermediates, or (final normalized tokens, list of intermediates).
+            list of intermediates, or (final features as forward_features gives them, list of intermediates).
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError("output_fmt must be 'NCHW' or 'NLC'")
@@ -390,7 +416,7 @@ class SlabDeiT(nn.Module):
                 intermediates = list(zip(intermediates, prefix))
         if intermediates_only:
             return intermediates
-        return self.norm(x), intermediates
+        return self._features_out(self.norm(x), hw), intermediates
 
     def prune_intermediate_layers(
         self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -438,12 +464,13 @@ _DIGITS_CFG = dict(
 
 default_cfgs = generate_default_cfgs(
     {
-        "slab_deit_tiny_patch16_224": _cfg(),
-        "slab_deit_small_patch16_224": _cfg(),
+        # pool_size: the token map forward_features returns without a class token
+        "slab_deit_tiny_patch16_224": _cfg(pool_size=(14, 14)),
+        "slab_deit_small_patch16_224": _cfg(pool_size=(14, 14)),
         "deit_tiny_prepbn_patch16_224": _cfg(),
         "deit_small_prepbn_patch16_224": _cfg(),
-        "slab_deit_digits": _cfg(**_DIGITS_CFG),
-        "deit_digits": _cfg(**_DIGITS_CFG),
+        "slab_deit_digits": _cfg(**_DIGITS_CFG, pool_size=(8, 8)),
+        "deit_digits": _cfg(**_DIGITS_CFG, pool_size=(8, 8)),
     }
 )
 
@@ -452,11 +479,14 @@ def checkpoint_filter_fn(state_dict: dict, model: SlabDeiT) -> dict[str, torch.T
     """Official SLAB / DeiT-PRepBN (or slab-edge) checkpoint -> this model's state dict.
 
     Unwraps {'model': ...} checkpoints and 'module.' prefixes, renames official LinearNorm entries
-    (see slab_edge.models._convert), and bicubically resamples `pos_embed` and every SLA
+    (see slab_edge.models._convert), drops the `cls_token` official SLAB-DeiT checkpoints carry unused
+    when the model has no class token, and bicubically resamples `pos_embed` and every SLA
     `positional_encoding` when the model was built for another token grid. Anything that still does not
     fit (another variant) is left as is, so a strict load names the mismatching keys.
     """
     state = convert_official_norms(unwrap_state_dict(state_dict))
+    if model.cls_token is None:
+        state.pop("cls_token", None)
     target = model.state_dict()
     for key, value in list(state.items()):
         want = target.get(key)
@@ -489,9 +519,7 @@ def _create_deit(variant: str, pretrained: bool = False, **kwargs) -> SlabDeiT:
     )
 
 
-_SLAB_ARGS = dict(
-    attn_type="sla", norm_type="prepbn", global_pool="avg", unused_cls_token=True, prepbn_steps=60_000
-)
+_SLAB_ARGS = dict(attn_type="sla", norm_type="prepbn", global_pool="avg", prepbn_steps=60_000)
 
 
 @register_slab_model(official="slab_deit_t")

@@ -11,8 +11,10 @@ All: widths [64, 128, 320, 512], heads [1, 2, 5, 8], mlp ratios [8, 8, 4, 4], sr
 (LayerNorm eps 1e-6 -> RepBN over 300k steps); no class token and no final norm: tokens of stage 4 are
 mean-pooled, then the head.
 
-Parameter names are the official ones (patch_embed1..4, pos_embed1..4, block1..4, attn.q / attn.kv /
-attn.sr / attn.norm), so official checkpoints convert by renaming the progressive norms only.
+Parameters live in timm-style stages: `stages.{i}.patch_embed`, `stages.{i}.pos_embed`,
+`stages.{i}.blocks.{j}` (attn.q / attn.kv / attn.sr / attn.norm inside as officially). `checkpoint_filter_fn`
+maps the official names (patch_embed{i+1}, pos_embed{i+1}, block{i+1}) onto them and renames the
+progressive norms, so official checkpoints load strictly.
 
 Image size: stage i works on a (H / 4 / 2^i) grid and its positional table is sized for `img_size`.
 Another input size raises InputError (a ValueError) unless `dynamic_img_size=True`: then the positional
@@ -25,14 +27,16 @@ sr = 1) or into attn.q and the INPUT side of the sr conv (softmax, sr > 1: k = s
 output sees whole windows and the fold is exact); the sr norm folds into attn.kv; norm2 into mlp.fc1.
 There is no final norm. norm_type='layernorm' cannot be folded (input-dependent statistics).
 
-TorchScript: not supported. The official per-stage names (block1..block4) are kept so checkpoints load
-by name, and the stage loop reaches them by name, which TorchScript cannot compile; SLA layers do not
-script either. Use torch.export or ONNX export.
+TorchScript (torch.jit.script, deprecated in current torch but still supported) and torch.fx (timm's
+feature extraction) work for fixed-size models; `dynamic_img_size=True` resamples in eager / torch.export /
+ONNX only.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from typing import List, Tuple  # noqa: UP035  TorchScript reads typing.List / Tuple, not list[...] strings
 
 import torch
 import torch.nn.functional as F
@@ -56,13 +60,17 @@ from slab_edge.models._common import (
     is_foldable,
     make_norm_layer,
     norm_or_identity,
+    tokens_to_nhwc,
     unfoldable_norm_names,
 )
 from slab_edge.models._convert import convert_official_norms, resample_grid_embedding, unwrap_state_dict
 from slab_edge.models._registry import register_slab_model
 
+torch.fx.wrap("check_image_size")  # traced graphs keep the input check as one call (see _common)
+
 __all__ = [
     "Block",
+    "PVTStage",
     "SlabPVT",
     "SpatialReductionAttention",
     "checkpoint_filter_fn",
@@ -95,7 +103,8 @@ class SpatialReductionAttention(nn.Module):
     """PVT softmax attention: queries from every token, keys/values from a sr x sr reduced map.
 
     Input [B, N, C] on an (H, W) grid; output [B, N, C]. With sr > 1: x -> Conv2d(C, C, k=s=sr) -> norm
-    -> kv; with sr == 1 the kv projection reads x directly (no sr conv, no norm).
+    -> kv; with sr == 1 the kv projection reads x directly (`sr` and `norm` are parameter-free Identities,
+    so the state dict has no sr / norm keys, as the official one).
     """
 
     def __init__(
@@ -109,24 +118,29 @@ class SpatialReductionAttention(nn.Module):
         norm_layer=nn.LayerNorm,
         norm_type: str = "prepbn",
         deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias, **dd)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         self.sr_ratio = sr_ratio
+        self.sr: nn.Module = nn.Identity()
+        self.norm: nn.Module = nn.Identity()
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
-            self.norm = norm_or_identity(norm_layer, dim, norm_type, deploy)
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, **dd)
+            self.norm = norm_or_identity(norm_layer, dim, norm_type, deploy, **dd)
             if deploy and norm_type != "layernorm":
                 ensure_bias(self.kv)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:  # noqa: UP006  (TorchScript)
         b, n, c = x.shape
         q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, h, N, d]
         if self.sr_ratio > 1:
@@ -179,7 +193,10 @@ class Block(PreNormBlock):
         kernel_size: int = 5,
         dynamic_img_size: bool = False,
         deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
+        dd = {"device": device, "dtype": dtype}
         if attn_type == "L":
             attn = SimplifiedLinearAttention(
                 dim,
@@ -190,18 +207,70 @@ class Block(PreNormBlock):
                 proj_drop=proj_drop,
                 split_qkv=True,
                 dynamic_size=dynamic_img_size,
+                **dd,
             )
         elif attn_type == "S":
             attn = SpatialReductionAttention(
-                dim, num_heads, qkv_bias, attn_drop, proj_drop, sr_ratio, norm_layer, norm_type, deploy
+                dim, num_heads, qkv_bias, attn_drop, proj_drop, sr_ratio, norm_layer, norm_type, deploy, **dd
             )
         else:
             raise ValueError(f"attention type must be 'L' (SLA) or 'S' (softmax), got {attn_type!r}")
-        super().__init__(dim, attn, mlp_ratio, proj_drop, drop_path, norm_layer, norm_type, deploy)
+        super().__init__(dim, attn, mlp_ratio, proj_drop, drop_path, norm_layer, norm_type, deploy, **dd)
         if deploy and norm_type != "layernorm":
             ensure_bias(self.attn.q)
             if attn_type == "L" or sr_ratio == 1:
                 ensure_bias(self.attn.kv)
+
+
+class PVTStage(nn.Module):
+    """One PVT stage: patch embedding, + positional table, blocks on the stage grid.
+
+    Input [B, C_in, H, W] (the image, or the previous stage's map); output tokens [B, H' * W', C] with
+    (H', W') = (H, W) / `patch_size`. `pos_embed` [1, H' * W', C] is built for `grid_size`; another grid
+    (dynamic_img_size) resamples it bilinearly, as the official code does at run time.
+    """
+
+    def __init__(
+        self,
+        in_chans: int,
+        dim: int,
+        patch_size: int,
+        stride: int,
+        grid_size: tuple[int, int],
+        blocks: list[nn.Module],
+        embed_norm: nn.Module,
+        drop_rate: float = 0.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.stride = stride  # of this stage's grid w.r.t. the image
+        self.grid_size: Tuple[int, int] = (int(grid_size[0]), int(grid_size[1]))  # noqa: UP006
+        self.patch_embed = ConvPatchEmbed(
+            in_chans, dim, patch_size, norm=embed_norm, device=device, dtype=dtype
+        )
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, grid_size[0] * grid_size[1], dim, device=device, dtype=dtype)
+        )
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:  # noqa: UP006  (TorchScript)
+        x = self.patch_embed(x)  # [B, C, H, W] -> [B, N, C]
+        pos = self.pos_embed
+        if (hw[0] != self.grid_size[0] or hw[1] != self.grid_size[1]) and not torch.jit.is_scripting():
+            pos = self._resampled_pos_embed(hw)  # dynamic_img_size (eager / export only)
+        x = self.pos_drop(x + pos)
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, hw, use_reentrant=False)
+            else:
+                x = blk(x, hw)
+        return x
+
+    def _resampled_pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
+        return resample_grid_embedding(self.pos_embed, hw, 0, old_hw=self.grid_size, mode="bilinear")
 
 
 def _per_stage(value, name: str) -> tuple:
@@ -230,6 +299,7 @@ class SlabPVT(PooledTokenClassifier):
         qkv_bias, drop_rate, attn_drop_rate, drop_path_rate, kernel_size: as in PVT / SLA.
         dynamic_img_size: accept other sizes (multiples of 32) by resampling positional tables per forward.
         deploy: build the folded structure (foldable norms Identity, absorbing layers with biases).
+        device, dtype: where and in which dtype parameters and buffers are created (timm's factory kwargs).
     """
 
     def __init__(
@@ -255,8 +325,11 @@ class SlabPVT(PooledTokenClassifier):
         kernel_size: int = 5,
         dynamic_img_size: bool = False,
         deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '' (PVT has no class token), got {global_pool!r}")
         attn_type = {"sla": "LLLL", "softmax": "SSSS"}.get(attn_type, attn_type)
@@ -278,73 +351,75 @@ class SlabPVT(PooledTokenClassifier):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.dynamic_img_size = dynamic_img_size
         self.deploy = deploy
-        self.num_stages = NUM_STAGES
-        self.grad_checkpointing = False
         self._traits = {"fixed_input_size": not dynamic_img_size}
         norm_layer = make_norm_layer(norm_type, decay_steps=prepbn_steps, warmup_steps=prepbn_warmup)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.pos_drop = nn.Dropout(drop_rate)
-        self.grid_sizes: list[tuple[int, int]] = []
-        self.feature_info = []
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        stages, self.feature_info = [], []
         cur, prev_dim = 0, in_chans
         for i in range(NUM_STAGES):
             stride = patch_size * 2**i
             grid = (self.img_size[0] // stride, self.img_size[1] // stride)
-            self.grid_sizes.append(grid)
-            embed = ConvPatchEmbed(
-                prev_dim,
-                embed_dims[i],
-                patch_size if i == 0 else 2,
-                norm=norm_or_identity(norm_layer, embed_dims[i], norm_type, deploy),
+            blocks = [
+                Block(
+                    embed_dims[i],
+                    num_heads[i],
+                    mlp_ratios[i],
+                    grid,
+                    attn_type=attn_type[i],
+                    sr_ratio=sr_ratios[i],
+                    qkv_bias=qkv_bias,
+                    proj_drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[cur + j],
+                    norm_layer=norm_layer,
+                    norm_type=norm_type,
+                    kernel_size=kernel_size,
+                    dynamic_img_size=dynamic_img_size,
+                    deploy=deploy,
+                    **dd,
+                )
+                for j in range(depths[i])
+            ]
+            embed_norm = norm_or_identity(norm_layer, embed_dims[i], norm_type, deploy, **dd)
+            stages.append(
+                PVTStage(
+                    prev_dim,
+                    embed_dims[i],
+                    patch_size if i == 0 else 2,
+                    stride,
+                    grid,
+                    blocks,
+                    embed_norm,
+                    drop_rate,
+                    **dd,
+                )  # fmt: skip
             )
-            setattr(self, f"patch_embed{i + 1}", embed)
-            setattr(self, f"pos_embed{i + 1}", nn.Parameter(torch.zeros(1, grid[0] * grid[1], embed_dims[i])))
-            blocks = nn.ModuleList(
-                [
-                    Block(
-                        embed_dims[i],
-                        num_heads[i],
-                        mlp_ratios[i],
-                        grid,
-                        attn_type=attn_type[i],
-                        sr_ratio=sr_ratios[i],
-                        qkv_bias=qkv_bias,
-                        proj_drop=drop_rate,
-                        attn_drop=attn_drop_rate,
-                        drop_path=dpr[cur + j],
-                        norm_layer=norm_layer,
-                        norm_type=norm_type,
-                        kernel_size=kernel_size,
-                        dynamic_img_size=dynamic_img_size,
-                        deploy=deploy,
-                    )
-                    for j in range(depths[i])
-                ]
-            )
-            setattr(self, f"block{i + 1}", blocks)
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=stride, module=f"block{i + 1}"))
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=stride, module=f"stages.{i}"))
             cur += depths[i]
             prev_dim = embed_dims[i]
-        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Linear(embed_dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for i in range(NUM_STAGES):
-            nn.init.trunc_normal_(getattr(self, f"pos_embed{i + 1}"), std=0.02)
+        for stage in self.stages:
+            nn.init.trunc_normal_(stage.pos_embed, std=0.02)
         self.apply(init_linear_trunc_normal)
 
     # ---- timm interface -------------------------------------------------------------------------------
+    @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {f"pos_embed{i + 1}" for i in range(self.num_stages)}
+        return {"stages.*.pos_embed"}
 
+    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^patch_embed1|^pos_embed1", blocks=[(r"^(?:patch_embed|pos_embed|block)(\d+)", None)]
-        )
+        return dict(stem=r"^stages\.0\.(?:patch_embed|pos_embed)", blocks=r"^stages\.(\d+)")
 
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
 
     @property
     def unfoldable_norms(self) -> list[str]:
@@ -352,47 +427,26 @@ class SlabPVT(PooledTokenClassifier):
         return unfoldable_norm_names(self)
 
     # ---- forward --------------------------------------------------------------------------------------
-    def _pos_embed(self, stage: int, hw: tuple[int, int]) -> torch.Tensor:
-        table = getattr(self, f"pos_embed{stage + 1}")
-        if tuple(hw) == self.grid_sizes[stage]:
-            return table
-        # dynamic_img_size: the official code interpolates bilinearly at run time
-        return resample_grid_embedding(table, hw, 0, old_hw=self.grid_sizes[stage], mode="bilinear")
-
-    def _run_stages(
-        self, x: torch.Tensor, take: list[int] | None = None, last: int | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stages 0..last on an image [B, C_in, H, W].
-
-        Returns:
-            (tokens [B, N, C] after the last stage's blocks, NCHW maps of the stages listed in `take`).
-        """
+    def _stage_grids(self, x: torch.Tensor) -> List[Tuple[int, int]]:  # noqa: UP006  (TorchScript)
+        """Checks the image batch [B, C_in, H, W]; the (H', W') token grid of each stage."""
         h, w = check_image_size(x, self.in_chans, self.img_size, self.dynamic_img_size, self.total_stride)
-        b = x.shape[0]
-        last = self.num_stages - 1 if last is None else last
-        feats = []
-        for i in range(last + 1):
-            stride = self.patch_size * 2**i
-            hw = (h // stride, w // stride)
-            x = getattr(self, f"patch_embed{i + 1}")(x)  # [B, C, H', W'] -> [B, N, C]
-            x = self.pos_drop(x + self._pos_embed(i, hw))
-            for blk in getattr(self, f"block{i + 1}"):
-                if self.grad_checkpointing and self.training:
-                    x = torch.utils.checkpoint.checkpoint(blk, x, hw, use_reentrant=False)
-                else:
-                    x = blk(x, hw)
-            if i < last or (take is not None and i in take):
-                fmap = x.reshape(b, hw[0], hw[1], -1).permute(0, 3, 1, 2).contiguous()  # [B, C, H', W']
-                if take is not None and i in take:
-                    feats.append(fmap)
-                if i < last:
-                    x = fmap
-        return x, feats
+        grids: List[Tuple[int, int]] = []  # noqa: UP006
+        for stage in self.stages:
+            # a fixed-size model sees only its built grids: constants, which torch.fx can trace through
+            grids.append((h // stage.stride, w // stage.stride) if self.dynamic_img_size else stage.grid_size)
+        return grids
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C_in, H, W] -> stage-4 tokens [B, H/32 * W/32, C4] (PVT has no final norm)."""
-        return self._run_stages(x)[0]
+        """[B, C_in, H, W] -> last-stage map [B, H/32, W/32, C4] (NHWC; PVT has no final norm)."""
+        grids = self._stage_grids(x)
+        last = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            x = stage(x, grids[i])  # [B, N, C]
+            if i < last:
+                x = tokens_to_nhwc(x, grids[i]).permute(0, 3, 1, 2).contiguous()  # next stage's input
+        return tokens_to_nhwc(x, grids[last])
 
+    @torch.jit.ignore
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -413,13 +467,23 @@ class SlabPVT(PooledTokenClassifier):
             intermediates_only: return only the list of feature maps.
 
         Returns:
-            list of feature maps, or (stage-4 tokens [B, N, C4], list of feature maps).
+            list of feature maps, or (the last run stage's map [B, H', W', C] as forward_features gives it,
+            list of feature maps).
         """
         if output_fmt != "NCHW":
             raise ValueError("PVT intermediates are NCHW feature maps")
-        take_indices, max_index = feature_take_indices(self.num_stages, indices)
-        last = max_index if (stop_early or intermediates_only) else None
-        x, intermediates = self._run_stages(x, take=take_indices, last=last)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = max_index if (stop_early or intermediates_only) else len(self.stages) - 1
+        grids = self._stage_grids(x)
+        intermediates = []
+        for i, stage in enumerate(self.stages[: last + 1]):
+            x = tokens_to_nhwc(stage(x, grids[i]), grids[i])  # [B, H', W', C]
+            if i in take_indices or i < last:
+                nchw = x.permute(0, 3, 1, 2).contiguous()
+                if i in take_indices:
+                    intermediates.append(nchw)
+                if i < last:
+                    x = nchw  # the next stage's input
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -428,11 +492,8 @@ class SlabPVT(PooledTokenClassifier):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the stages after the last wanted index (and the head) for feature extraction."""
-        take_indices, max_index = feature_take_indices(self.num_stages, indices)
-        for i in range(max_index + 1, self.num_stages):
-            for prefix in ("patch_embed", "pos_embed", "block"):
-                delattr(self, f"{prefix}{i + 1}")
-        self.num_stages = max_index + 1
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
         self.num_features = self.head_hidden_size = self.embed_dims[max_index]
         if prune_head or max_index < NUM_STAGES - 1:
             self.reset_classifier(0, "")
@@ -455,7 +516,7 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "fixed_input_size": True,
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed1.proj",
+        "first_conv": "stages.0.patch_embed.proj",
         "classifier": "head",
         "license": "apache-2.0",
         **kwargs,
@@ -477,32 +538,45 @@ default_cfgs = generate_default_cfgs(
 )
 
 
+#: official per-stage names (1-based stage index) -> ours
+_OFFICIAL_STAGE_KEY = re.compile(r"^(patch_embed|pos_embed|block)([1-9])(\.|$)")
+_STAGE_PARTS = {"patch_embed": "patch_embed", "pos_embed": "pos_embed", "block": "blocks"}
+
+
+def official_to_stage_key(key: str) -> str:
+    """'block2.0.attn.q.weight' -> 'stages.1.blocks.0.attn.q.weight' (and patch_embed{i} / pos_embed{i});
+    other keys unchanged."""
+    match = _OFFICIAL_STAGE_KEY.match(key)
+    if match is None:
+        return key
+    part, stage, sep = match.groups()
+    return f"stages.{int(stage) - 1}.{_STAGE_PARTS[part]}{sep}{key[match.end() :]}"
+
+
 def checkpoint_filter_fn(state_dict: dict, model: SlabPVT) -> dict[str, torch.Tensor]:
     """Official SLAB-PVT / PVT-PRepBN (or slab-edge) checkpoint -> this model's state dict.
 
     Unwraps {'model': ...} checkpoints and 'module.' prefixes, renames official LinearNorm entries
-    (slab_edge.models._convert), and resamples `pos_embed{i}` (bilinear, as the official code does at run
-    time) and SLA `positional_encoding`s (bicubic) when the model was built for another image size.
-    Anything else that does not fit is left for a strict load to name.
+    (slab_edge.models._convert) and the official per-stage names (`official_to_stage_key`), and resamples
+    `stages.{i}.pos_embed` (bilinear, as the official code does at run time) and SLA `positional_encoding`s
+    (bicubic) when the model was built for another image size. Anything else that does not fit is left for
+    a strict load to name.
     """
     state = convert_official_norms(unwrap_state_dict(state_dict))
+    state = {official_to_stage_key(k): v for k, v in state.items()}
     target = model.state_dict()
     for key, value in list(state.items()):
         want = target.get(key)
         if want is None or want.shape == value.shape or want.dim() != 3 or value.dim() != 3:
             continue
-        if (
-            value.shape[-1] != want.shape[-1]
-            or not key.startswith("pos_embed")
-            and "positional_encoding" not in key
-        ):
+        is_pos_embed = key.endswith(".pos_embed")
+        if value.shape[-1] != want.shape[-1] or not (is_pos_embed or key.endswith(".positional_encoding")):
             continue
-        stage = int(key[len("pos_embed")]) - 1 if key.startswith("pos_embed") else int(key[len("block")]) - 1
         n_src = value.shape[1]
         if math.isqrt(n_src) ** 2 != n_src:
             continue
-        mode = "bilinear" if key.startswith("pos_embed") else "bicubic"
-        state[key] = resample_grid_embedding(value, model.grid_sizes[stage], 0, mode=mode)
+        grid = model.stages[int(key.split(".")[1])].grid_size
+        state[key] = resample_grid_embedding(value, grid, 0, mode="bilinear" if is_pos_embed else "bicubic")
     return state
 
 

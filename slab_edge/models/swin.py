@@ -36,11 +36,12 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from slab_edge.errors import InputError
 from slab_edge.layers.reparam import absorb_into_following, absorb_into_preceding
 from slab_edge.layers.sla import SimplifiedLinearAttention
-from slab_edge.models._common import PooledTokenClassifier, make_norm_layer
+from slab_edge.models._common import PooledTokenClassifier, check_image_size, make_norm_layer, tokens_to_nhwc
 from slab_edge.models._registry import register_slab_model
+
+torch.fx.wrap("check_image_size")  # traced graphs keep the input check as one call (see _common)
 
 __all__ = ["SlabSwinTransformer", "checkpoint_filter_fn"]
 
@@ -108,18 +109,22 @@ class WindowAttention(nn.Module):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.window, self.num_heads = dim, window, num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads, **dd))
         # Structural, recomputed here; official checkpoints carry it and the filter drops it.
-        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        index = relative_position_index(window).to(device)
+        self.register_buffer("relative_position_index", index, persistent=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
@@ -169,23 +174,28 @@ class SwinBlock(nn.Module):
         drop_path: float = 0.0,
         kernel_size: int = 5,
         deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.dim, self.resolution = dim, tuple(resolution)
         self.window, self.shift = window, shift
         self.is_linear = attn_type == "L"
-        self.norm1 = nn.Identity() if deploy else norm_layer(dim)
+        self.norm1 = nn.Identity() if deploy else norm_layer(dim, **dd)
         if self.is_linear:
             self.attn = SimplifiedLinearAttention(
                 dim, num_heads, self.resolution, qkv_bias=qkv_bias or deploy, kernel_size=kernel_size,
-                attn_drop=attn_drop, proj_drop=proj_drop,
+                attn_drop=attn_drop, proj_drop=proj_drop, **dd,
             )  # fmt: skip
         else:
-            self.attn = WindowAttention(dim, window, num_heads, qkv_bias or deploy, attn_drop, proj_drop)
+            self.attn = WindowAttention(
+                dim, window, num_heads, qkv_bias or deploy, attn_drop, proj_drop, **dd
+            )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = nn.Identity() if deploy else norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
-        mask = shifted_window_mask(*self.resolution, window, shift) if shift > 0 else None
+        self.norm2 = nn.Identity() if deploy else norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
+        mask = shifted_window_mask(*self.resolution, window, shift).to(**dd) if shift > 0 else None
         self.register_buffer("attn_mask", mask, persistent=False)
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,11 +233,13 @@ class PatchMerging(nn.Module):
     Concatenation order (official): (0,0), (1,0), (0,1), (1,1) as (row, col) offsets.
     """
 
-    def __init__(self, dim: int, resolution: tuple[int, int], norm_layer, deploy: bool = False) -> None:
+    def __init__(
+        self, dim: int, resolution: tuple[int, int], norm_layer, deploy: bool = False, device=None, dtype=None
+    ) -> None:
         super().__init__()
         self.resolution = tuple(resolution)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=deploy)
-        self.norm = nn.Identity() if deploy else norm_layer(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=deploy, device=device, dtype=dtype)
+        self.norm = nn.Identity() if deploy else norm_layer(4 * dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
@@ -247,21 +259,36 @@ class PatchMerging(nn.Module):
             self.norm = nn.Identity()
 
 
+#: ends the error message for another image size
+_FIXED_SIZE_REASON = (
+    "its attention positional encodings and windows are fixed to the stage maps of that size (resize the "
+    "input, or build the model with img_size=... if that size is supported)"
+)
+
+
 class PatchEmbed(nn.Module):
     """Conv patchify + norm: [B, 3, H, W] -> [B, H/p * W/p, C]. Checks the input size."""
 
     def __init__(
-        self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, norm_layer, deploy: bool = False
+        self,
+        img_size: int,
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        norm_layer,
+        deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.size_reason = _FIXED_SIZE_REASON  # an attribute: TorchScript reads no global strings
         self.grid_size = (img_size // patch_size, img_size // patch_size)
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
-        self.norm = nn.Identity() if deploy else norm_layer(embed_dim)
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
+        self.norm = nn.Identity() if deploy else norm_layer(embed_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            _check_image(x, self.in_chans, self.img_size)
+        check_image_size(x, self.in_chans, (self.img_size, self.img_size), False, 1, self.size_reason)
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
     @torch.no_grad()
@@ -269,18 +296,6 @@ class PatchEmbed(nn.Module):
         """Fold the norm into the conv's output channels: W' = a W, c' = a c + b (alpha * c included)."""
         if absorb_into_preceding(self.proj, self.norm):
             self.norm = nn.Identity()
-
-
-def _check_image(x: torch.Tensor, in_chans: int, img_size: int) -> None:
-    """Raise InputError (a ValueError) for anything but a [B, in_chans, img_size, img_size] batch."""
-    if x.dim() != 4 or x.shape[1] != in_chans:
-        raise InputError(f"expected an image batch [B, {in_chans}, H, W], got shape {tuple(x.shape)}")
-    if x.shape[2] != img_size or x.shape[3] != img_size:
-        raise InputError(
-            f"this model takes {img_size}x{img_size} images, got {x.shape[2]}x{x.shape[3]}: its attention "
-            "positional encodings and windows are fixed to the stage maps of that size "
-            "(resize the input, or build the model with img_size=... if that size is supported)"
-        )
 
 
 class SwinStage(nn.Module):
@@ -362,6 +377,7 @@ class SlabSwinTransformer(PooledTokenClassifier):
         global_pool: 'avg' (mean over tokens) or '' (no pooling).
         deploy: build the folded graph (norms = Identity, reduction Linears with bias) for deploy
             checkpoints.
+        device, dtype: where and in which dtype parameters and buffers are created (timm's factory kwargs).
     """
 
     def __init__(
@@ -387,8 +403,11 @@ class SlabSwinTransformer(PooledTokenClassifier):
         kernel_size: int = 5,
         global_pool: str = "avg",
         deploy: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if isinstance(img_size, (tuple, list)):
             if len(set(img_size)) != 1:
                 raise ValueError(f"Swin models take square images, got img_size={tuple(img_size)}")
@@ -410,7 +429,9 @@ class SlabSwinTransformer(PooledTokenClassifier):
         fold = deploy and norm_type != "layernorm"
         windows = _stage_windows(img_size, patch_size, attn_types, window_size, la_window_size, num_stages)
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer, deploy=fold)
+        self.patch_embed = PatchEmbed(
+            img_size, patch_size, in_chans, embed_dim, norm_layer, deploy=fold, **dd
+        )
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         dims = [embed_dim * 2**i for i in range(num_stages)]
@@ -432,11 +453,12 @@ class SlabSwinTransformer(PooledTokenClassifier):
                     drop_path=dpr[sum(depths[:i]) + j],
                     kernel_size=kernel_size,
                     deploy=fold,
+                    **dd,
                 )  # fmt: skip
                 for j in range(depths[i])
             ]
             last = i == num_stages - 1
-            down = None if last else PatchMerging(dims[i], (res, res), norm_layer, deploy=fold)
+            down = None if last else PatchMerging(dims[i], (res, res), norm_layer, deploy=fold, **dd)
             stages.append(SwinStage(blocks, down))
             self.feature_info.append(
                 {"num_chs": dims[i], "reduction": patch_size * 2**i, "module": f"layers.{i}.blocks"}
@@ -444,8 +466,8 @@ class SlabSwinTransformer(PooledTokenClassifier):
         self.layers = nn.Sequential(*stages)
         self.stage_resolutions = [w[0] for w in windows]
         self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = nn.Identity() if fold and num_classes > 0 else norm_layer(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.norm = nn.Identity() if fold and num_classes > 0 else norm_layer(self.num_features, **dd)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -483,10 +505,11 @@ class SlabSwinTransformer(PooledTokenClassifier):
             stage.grad_checkpointing = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> normalized tokens [B, N, C] of the last stage."""
+        """[B, 3, H, W] -> the last stage's normalized map [B, R, R, C] (NHWC)."""
         x = self.pos_drop(self.patch_embed(x))
         x = self.layers(x)
-        return self.norm(x)
+        res = self.stage_resolutions[len(self.layers) - 1]
+        return tokens_to_nhwc(self.norm(x), (res, res))
 
     def forward_intermediates(
         self,
@@ -498,6 +521,9 @@ class SlabSwinTransformer(PooledTokenClassifier):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-stage feature maps [B, C_i, H_i, W_i] (before each PatchMerging).
+
+        Returns the list, or (the map [B, R, R, C] the last run stage hands on, normalized as
+        forward_features when every stage ran, the list).
 
         Args:
             x: [B, 3, H, W].
@@ -523,7 +549,8 @@ class SlabSwinTransformer(PooledTokenClassifier):
             return intermediates
         if len(stages) == last + 1:
             x = self.norm(x)
-        return x, intermediates
+        res = self.stage_resolutions[min(len(stages), last)]  # after a stopped stage's PatchMerging
+        return tokens_to_nhwc(x, (res, res)), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True

@@ -32,6 +32,8 @@ def sla_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = SLA
         torch.jit.is_scripting()
     ):  # TorchScript needs a constant autocast device; scripted graphs run unautocast
         return _sla_core_fp32(q, k, v, eps)
+    if not torch.amp.is_autocast_available(q.device.type):  # e.g. the meta device: nothing to switch off
+        return _sla_core_fp32(q, k, v, eps)
     with torch.autocast(device_type=q.device.type, enabled=False):
         return _sla_core_fp32(q, k, v, eps)
 
@@ -64,6 +66,8 @@ def sla_core_channels_first(
         exported graph has half the Transposes of the token-first form.
     """
     if torch.jit.is_scripting():
+        return _sla_core_channels_first_fp32(q_t, k, v_t, eps)
+    if not torch.amp.is_autocast_available(q_t.device.type):  # e.g. the meta device
         return _sla_core_channels_first_fp32(q_t, k, v_t, eps)
     with torch.autocast(device_type=q_t.device.type, enabled=False):
         return _sla_core_channels_first_fp32(q_t, k, v_t, eps)

@@ -94,9 +94,9 @@ def use_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int |
 
     In auto mode: a kernel for the device, no gradient needed, a dtype in KERNEL_DTYPES and (when the layer
     passes it) head_dim <= KERNEL_MAX_DIM. The first CUDA tensor seen outside torch.compile tracing loads the
-    CUDA kernel.
+    CUDA kernel. Never while torch.fx traces symbolically (no device to decide on).
     """
-    if _mode == "never":
+    if _mode == "never" or isinstance(q, torch.fx.Proxy):  # a torch.fx trace records the portable graph
         return False
     if q.device.type == "cuda" and not torch.compiler.is_compiling():
         load_kernel("cuda")

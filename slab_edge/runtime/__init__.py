@@ -11,9 +11,10 @@ or pycuda are imported when a model that needs them is loaded).
 
 from __future__ import annotations
 
+from slab_edge.runtime.loader import backend_for, load
 from slab_edge.runtime.metadata import decode_metadata, encode_metadata, read_model_metadata, sidecar_path
 from slab_edge.runtime.preprocess import EvalTransform, load_image, preprocess_image, to_rgb, transform_for
-from slab_edge.runtime.session import Session, TensorSpec, backend_for, load
+from slab_edge.runtime.session import Session, TensorSpec
 
 __all__ = [
     "EvalTransform",

@@ -198,7 +198,7 @@ def benchmark_models(
         "custom_op_library", "latency": LatencyStats.to_json()}], "peak_rss_mb", "ratios": {"A/B": {...}}
         (2 models)}
     """
-    from slab_edge.runtime.session import load
+    from slab_edge.runtime.loader import load
 
     if not models:
         raise InputError("no model to benchmark")

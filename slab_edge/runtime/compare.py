@@ -20,7 +20,8 @@ import numpy as np
 
 from slab_edge.errors import BackendError, InputError
 from slab_edge.runtime.infer import effective_batch
-from slab_edge.runtime.session import Session, load
+from slab_edge.runtime.loader import load
+from slab_edge.runtime.session import Session
 
 #: relative errors are measured against max(|ref|, REL_FLOOR) so near-zero reference values do not explode
 REL_FLOOR = 1e-6

@@ -268,7 +268,7 @@ def check_genai_folder(folder: str | os.PathLike) -> GenaiFolder:
     every linear layer's conv_state and recurrent_state), and tokenizer.json (its size, its digest against
     the one recorded at export, the EOS id).
     """
-    from slab_edge.runtime.session import load
+    from slab_edge.runtime.loader import load
 
     folder = Path(folder)
     where = f"genai folder {folder}"

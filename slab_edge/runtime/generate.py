@@ -32,7 +32,8 @@ import numpy as np
 
 from slab_edge.data.text_tokenizer import StreamDecoder, Tokenizer, check_tokenizer_matches, load_tokenizer
 from slab_edge.errors import InputError
-from slab_edge.runtime.session import Session, load
+from slab_edge.runtime.loader import load
+from slab_edge.runtime.session import Session
 
 PREFILL_FILE = "prefill.onnx"
 DECODE_FILE = "decode.onnx"

@@ -14,7 +14,7 @@ from _helpers import conformance_meta, load_conformance
 
 from slab_edge.errors import CheckpointError
 from slab_edge.models import resolve_model_name
-from slab_edge.models._convert import load_checkpoint
+from slab_edge.models._convert import convert_official_norms, load_checkpoint
 from slab_edge.models.cswin import LePESLA, checkpoint_filter_fn, img_to_stripes, stripes_to_img
 
 REDUCED = {"embed_dim": 4, "num_heads": (1, 2, 4, 8)}
@@ -68,6 +68,19 @@ def test_structure_matches_conformance_architecture(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_full_size_model_takes_official_keys_and_shapes(name):
     checks.check_official_key_list(name, MODELS[name], checkpoint_filter_fn)
+
+
+def test_official_unused_sla_scale_is_dropped():
+    """The official SLA branches carry a `scale` their forward never reads (the vectors randomize it, so the
+    matching logits above show it is unread); the filter drops exactly those keys, the model has none."""
+    state, _, _ = load_conformance("slab_cswin_t")
+    model = checks.build("slab_cswin_tiny_224", REDUCED)
+    dropped = set(convert_official_norms(state)) - set(checkpoint_filter_fn(state, model))
+    assert dropped == {k for k in state if k.endswith(".scale")}
+    assert sorted(dropped) == [f"stage1.{j}.attns.0.scale" for j in range(2)] + [
+        f"stage2.{j}.attns.0.scale" for j in range(4)
+    ]
+    assert not [n for n, _ in model.named_parameters() if n.endswith("scale")]
 
 
 def test_checkpoint_of_another_variant_is_rejected_by_name():

@@ -76,13 +76,13 @@ def test_structure_and_default_cfg(name):
     assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
     depths = {"tiny": [2, 2, 2, 2], "small": [3, 4, 6, 3], "medium": [3, 4, 18, 3]}
     size = next(s for s in depths if s in name)
-    assert [len(getattr(model, f"block{i}")) for i in range(1, 5)] == depths[size]
-    attn = [type(getattr(model, f"block{i}")[0].attn).__name__ for i in range(1, 5)]
+    assert [len(stage.blocks) for stage in model.stages] == depths[size]
+    attn = [type(stage.blocks[0].attn).__name__ for stage in model.stages]
     if name.startswith("slab_"):
         assert attn == ["SimplifiedLinearAttention"] * 4
     else:
         assert attn == ["SpatialReductionAttention"] * 4
-        assert [getattr(model, f"block{i}")[0].attn.sr_ratio for i in range(1, 5)] == [8, 4, 2, 1]
+        assert [stage.blocks[0].attn.sr_ratio for stage in model.stages] == [8, 4, 2, 1]
     assert {int(m.decay_steps) for m in model.modules() if isinstance(m, ProgressiveNorm)} == {300_000}
 
 
@@ -100,7 +100,8 @@ def test_reset_classifier_pre_logits_intermediates_features_only():
             (2, 64, 7, 7),
         ]
         torch.testing.assert_close(final, model.forward_features(x))
-        torch.testing.assert_close(feats[-1].flatten(2).transpose(1, 2), final)
+        assert final.shape == (2, 7, 7, 64) and model.output_fmt == "NHWC"
+        torch.testing.assert_close(feats[-1].permute(0, 2, 3, 1), final)
         early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
         torch.testing.assert_close(early[0], feats[1])
         model.reset_classifier(0)
@@ -111,13 +112,21 @@ def test_reset_classifier_pre_logits_intermediates_features_only():
         maps = extractor(x)
     assert [tuple(m.shape) for m in maps] == [(2, 16, 28, 28), (2, 40, 14, 14)]
     assert extractor.feature_info.channels() == [16, 40] and extractor.feature_info.reduction() == [8, 16]
-    assert not hasattr(extractor.model, "block4")  # pruned after the last wanted stage
+    assert len(extractor.model.stages) == 3  # pruned after the last wanted stage
 
 
-def test_torchscript_not_supported_documented():
-    pytest.skip(
-        "PVT does not script: stages are reached by their official names (block1..4); documented in pvt.py"
-    )
+@pytest.mark.parametrize("name", ["slab_pvt_tiny", "pvt_tiny_prepbn"])
+def test_torchscript(name):
+    model = randomize_norm_statistics(randomize_weights(build(name))).eval()
+    x = image()
+    with pytest.warns(FutureWarning):  # torch.jit.script is deprecated; it still has to work
+        scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), atol=1e-6, rtol=1e-6)
+        deploy = reparameterize_model(model)
+        torch.testing.assert_close(torch.jit.script(deploy)(x), deploy(x), atol=1e-6, rtol=1e-6)
+    with pytest.raises(torch.jit.Error, match="InputError: model was built for 224x224 images, got 256x256"):
+        scripted(image(1, 256))  # the input check is compiled in
 
 
 def test_export_smoke(tmp_path):
@@ -187,7 +196,8 @@ def test_layernorm_variant_lists_unfoldable_norms():
     deploy, rel = fold_parity(model, image())
     assert rel <= 1e-5
     assert (
-        remaining_norms(deploy) == deploy.unfoldable_norms and "block1.0.attn.norm" in deploy.unfoldable_norms
+        remaining_norms(deploy) == deploy.unfoldable_norms
+        and "stages.0.blocks.0.attn.norm" in deploy.unfoldable_norms
     )
 
 
@@ -205,8 +215,15 @@ def test_sr_conv_input_fold_is_exact():
     torch.testing.assert_close(
         torch.nn.functional.conv2d(x, weight, bias, stride=4), ref, atol=1e-5, rtol=1e-5
     )
-    attn = SpatialReductionAttention(8, 2, sr_ratio=1)
-    assert not hasattr(attn, "sr") and not hasattr(attn, "norm")  # sr 1: no reduction, as the official keys
+    attn = SpatialReductionAttention(8, 2, sr_ratio=1)  # sr 1: no reduction, no sr / norm keys (official)
+    assert sorted(attn.state_dict()) == [
+        "kv.bias",
+        "kv.weight",
+        "proj.bias",
+        "proj.weight",
+        "q.bias",
+        "q.weight",
+    ]
 
 
 def test_wrong_image_size_and_dynamic_img_size():
@@ -223,7 +240,7 @@ def test_wrong_image_size_and_dynamic_img_size():
         with pytest.raises(InputError, match="multiple of 32"):
             dynamic(image(1, 240))
         resized = load_checkpoint(build(OFFICIAL[variant], img_size=160).eval(), state)
-        assert [tuple(resized.get_parameter(f"pos_embed{i}").shape[:2]) for i in (1, 4)] == [
+        assert [tuple(resized.get_parameter(f"stages.{i}.pos_embed").shape[:2]) for i in (0, 3)] == [
             (1, 1600),
             (1, 25),
         ]
@@ -236,13 +253,14 @@ def test_other_variant_checkpoint_names_keys_and_shapes():
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(build("slab_pvt_tiny"), softmax_state)
     msg = str(info.value)
-    assert "missing keys" in msg and "block1.*.attn.positional_encoding (x2)" in msg
-    assert "unexpected keys" in msg and "block1.*.attn.sr.{bias,weight} (x2)" in msg
+    assert "missing keys" in msg and "stages.*.blocks.*.attn.positional_encoding (x8)" in msg
+    assert "unexpected keys" in msg and "stages.*.blocks.*.attn.sr.{bias,weight} (x6)" in msg
     small_state, _, _ = load_conformance("slab_pvt_s")  # other depths and widths
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(build("slab_pvt_tiny"), small_state)
     msg = str(info.value)
     assert (
-        "unexpected keys: block1.*.norm1.{step,decay_steps,warmup_steps}" in msg and "missing keys" not in msg
+        "unexpected keys: stages.*.blocks.*.norm1.{step,decay_steps,warmup_steps} (x8)" in msg
+        and "missing keys" not in msg
     )
-    assert "shape mismatches: pos_embed1 (1, 3136, 4) vs model (1, 3136, 8)" in msg
+    assert "shape mismatches: stages.0.pos_embed (1, 3136, 4) vs model (1, 3136, 8)" in msg
