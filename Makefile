@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 # torch/torchvision come from the local wheel store where one exists; the pins match it.
 TORCH   := torch==2.14.1 torchvision==0.29.1
-PYTEST_ARGS ?=
+# two xdist workers: the 2-core CI machine runs the suite in about half the serial time
+PYTEST_ARGS ?= -n 2
 # timm's own tests/test_models.py on the zoo (tests/run_timm_suite.py): pytest-xdist workers, extra pytest args
 TIMM_SUITE_ARGS ?= -n 2
 
