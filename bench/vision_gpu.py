@@ -2,7 +2,7 @@
 """GPU throughput of SLAB vision models with the fused SLA kernel vs timm's softmax models (issue 13, item 1).
 
 Rows (images/s; random weights, folded SLAB models; autocast in --dtypes, default bf16 then fp16; eager and
-torch.compile):
+torch.compile; --modes graph adds the eager forward replayed as a CUDA graph, the GPU-bound rate):
   SLAB-DeiT-T (slab_deit_tiny_patch16_224 built at the size) vs timm deit_tiny_patch16_224 (SDPA) at
   224 (batch 256), 1024 (batch 4) and 512 (batch 32); SLAB-Swin-T vs timm swin_tiny_patch4_window7_224 at 224.
   Each group times three models interleaved in one run (runtime.benchmark.time_interleaved: bursts of 5 after
@@ -21,6 +21,7 @@ group.
 
     python3 bench/vision_gpu.py --out $OUT/vision_gpu              # GPU machine: ~8 min (--budget-minutes)
     python3 bench/vision_gpu.py --micro-only --out $OUT/micro       # kernel times only (~1 min)
+    python3 bench/vision_gpu.py --profile --out $OUT/profile        # GPU time per kernel category (~2 min)
     python bench/vision_gpu.py --smoke --device cpu --out /tmp/vg   # pipeline check; its numbers mean nothing
 """
 
@@ -55,7 +56,7 @@ MICRO_SHAPES = {
 }
 SMOKE_MICRO_SHAPES = {"tiny": ((2, 16, 2, 8), (8, 4, 2, 8))}
 #: a group needs about this long beyond its timings (model builds; compiles of three models)
-GROUP_OVERHEAD_MIN = {"eager": 0.3, "compile": 2.5}
+GROUP_OVERHEAD_MIN = {"eager": 0.3, "graph": 0.4, "compile": 2.5}
 
 
 class Timed:
@@ -100,6 +101,9 @@ def build_pair(family: str, size: int, smoke: bool, device):
 
 
 def model_runner(model, fused: str, amp, mode: str, device):
+    """A Timed forward in `mode`: "eager", "compile" (torch.compile) or "graph" (the eager forward captured
+    once as a CUDA graph on the first call: each run copies the input into the graph's and replays it, no
+    Python or launch cost: the GPU-bound rate an engine runtime sees)."""
     import torch
 
     from slab_edge.ops.sla_fused import fused_sla
@@ -110,7 +114,28 @@ def model_runner(model, fused: str, amp, mode: str, device):
         with torch.no_grad(), fused_sla(fused), amp:
             return fn(feed["x"])
 
-    return Timed(forward, device)
+    if mode != "graph":
+        return Timed(forward, device)
+    captured: dict[str, Any] = {}
+
+    def replay(feed):
+        if not captured:
+            static = {"x": feed["x"].clone()}
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up off the capture (cuBLAS / cuDNN workspaces, kernel loading)
+                    forward(static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = forward(static)
+            captured.update(graph=graph, static=static, out=out)
+        captured["static"]["x"].copy_(feed["x"])
+        captured["graph"].replay()
+        return captured["out"]
+
+    return Timed(replay, device)
 
 
 def fused_kernel_launches(runner, feed) -> int:
@@ -166,6 +191,102 @@ def time_group(
         row["goal"], row["goal_met"] = goal, row["slab_vs_timm"] >= goal
     del runners, slab, softmax
     if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+#: kernel-name fragments -> the category a kernel's time is summed under in --profile (first match wins)
+KERNEL_CATEGORIES = [
+    ("slab_sla_", "sla_fused"),
+    ("flash", "sdpa"),
+    ("fmha", "sdpa"),
+    ("attention", "sdpa"),
+    ("conv", "conv"),
+    ("depthwise", "conv"),
+    ("gemm", "gemm"),
+    ("gemv", "gemm"),
+    ("cutlass", "gemm"),
+    ("sm90_xmma", "gemm"),
+    ("nvjet", "gemm"),
+    ("layer_norm", "norm"),
+    ("batch_norm", "norm"),
+    ("copy", "copy/layout"),
+    ("transpose", "copy/layout"),
+    ("cat", "copy/layout"),
+    ("reduce", "reduce"),
+    ("softmax", "softmax"),
+]
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    return next((cat for frag, cat in KERNEL_CATEGORIES if frag in low), "elementwise/other")
+
+
+def profile_group(
+    family: str, size: int, batch: int, dtype_name: str, mode: str, args, device
+) -> dict[str, Any]:
+    """GPU time per forward of each model in `mode` by kernel category, the top kernels, the wall time of the
+    profiled forwards and the operators with the most host time (torch.profiler over --profile-iters forwards
+    after a warm-up): GPU time well below wall time means the host, not the GPU, sets the pace."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    amp = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+    slab, softmax = build_pair(family, size, args.smoke, device)
+    runners = {
+        "slab": model_runner(slab, "auto" if device.type == "cuda" else "always", amp, mode, device),
+        "slab_unfused": model_runner(slab, "never", amp, mode, device),
+        "timm": model_runner(softmax, "never", amp, mode, device),
+    }
+    feed = {"x": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)}
+    row: dict[str, Any] = {
+        "family": family,
+        "img_size": size,
+        "batch": batch,
+        "dtype": dtype_name,
+        "mode": mode,
+    }
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    for name, runner in runners.items():
+        for _ in range(3):
+            runner.run(feed)
+        t0 = time.perf_counter()
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(args.profile_iters):
+                runner.run(feed)
+        wall_us = (time.perf_counter() - t0) * 1e6 / args.profile_iters
+        host_ops = sorted(
+            (e for e in prof.key_averages() if e.self_cpu_time_total > 0),
+            key=lambda e: -e.self_cpu_time_total,
+        )[:10]
+        kernels: dict[str, list[float]] = {}
+        for e in prof.events():
+            if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
+                kernels.setdefault(e.name, []).append(e.device_time)  # µs per launch
+            elif not cuda and e.cpu_parent is None:  # the smoke run's CPU: top-level operators
+                kernels.setdefault(e.name, []).append(e.cpu_time_total)
+        per_forward = {k: sum(v) / args.profile_iters for k, v in kernels.items()}
+        categories: dict[str, float] = {}
+        for k, us in per_forward.items():
+            categories[kernel_category(k)] = categories.get(kernel_category(k), 0.0) + us
+        top = sorted(per_forward.items(), key=lambda kv: -kv[1])[:12]
+        row[name] = {
+            "gpu_us_per_forward": sum(per_forward.values()),
+            "profiled_wall_us_per_forward": wall_us,
+            "top_host_ops_self_us": [
+                [e.key[:80], e.self_cpu_time_total / args.profile_iters, e.count / args.profile_iters]
+                for e in host_ops
+            ],
+            "launches_per_forward": sum(len(v) for v in kernels.values()) / args.profile_iters,
+            "by_category_us": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
+            "top_kernels_us": [[k[:120], us] for k, us in top],
+        }
+    del runners, slab, softmax
+    if cuda:
         torch.cuda.empty_cache()
     return row
 
@@ -269,7 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench-vision-gpu"))
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtypes", nargs="+", default=["bf16", "fp16"], choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["eager", "compile"],
+        choices=["eager", "graph", "compile"],
+        help="eager, graph (the eager forward as a CUDA graph), compile (torch.compile)",
+    )
     p.add_argument("--iters", type=int, default=40, help="timed runs per model and group")
     p.add_argument(
         "--warmup", type=int, default=5, help="untimed runs per model after the first (compiling) one"
@@ -279,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-minutes", type=float, default=7.5, help="skip groups that would end after this")
     p.add_argument("--micro-only", action="store_true")
     p.add_argument("--no-micro", action="store_true")
+    p.add_argument("--profile", action="store_true", help="only the GPU-time breakdown per model (eager)")
+    p.add_argument("--profile-iters", type=int, default=5)
+    p.add_argument(
+        "--profile-only", nargs="+", metavar="FAMILY:SIZE", help="profile these groups, e.g. deit:1024"
+    )
     p.add_argument(
         "--smoke", action="store_true", help="tiny models and sizes, 2 iterations (pipeline check)"
     )
@@ -313,6 +445,25 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, results)
 
+    if args.profile:
+        results["profiles"] = []
+        for family, size, batch in SMOKE_GROUPS if args.smoke else GROUPS:
+            if args.profile_only and f"{family}:{size}" not in args.profile_only:
+                continue
+            row = profile_group(family, size, batch, args.dtypes[0], args.modes[0], args, device)
+            results["profiles"].append(row)
+            save()
+            print(f"profile {family} {size} bs{batch} {args.dtypes[0]} {args.modes[0]}", flush=True)
+            for name in ("slab", "slab_unfused", "timm"):
+                r = row[name]
+                cats = ", ".join(f"{c} {us:.0f}" for c, us in r["by_category_us"].items())
+                gpu, wall = r["gpu_us_per_forward"], r["profiled_wall_us_per_forward"]
+                print(f"  {name:12s} GPU {gpu:7.0f} us of {wall:7.0f} us wall, "
+                      f"{r['launches_per_forward']:.0f} launches: {cats}", flush=True)  # fmt: skip
+                host = ", ".join(f"{k} {us:.0f}" for k, us, _ in r["top_host_ops_self_us"][:5])
+                print(f"  {'':12s} host: {host}", flush=True)
+        print(f"results: {out}")
+        return 0
     if not args.no_micro:
         results["micro"] = micro(args, device)
         save()

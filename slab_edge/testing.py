@@ -53,6 +53,35 @@ def randomize_parameters(module: nn.Module, std: float = 0.3) -> nn.Module:
 #: (half an ulp of the largest value: 2^-24 / 2^-11 / 2^-8) plus 1e-4 for the tensor cores' fp32 accumulation,
 #: whose adds truncate (up to ~400 MMA steps feed one accumulator at N = 3136: <= 400 * 2^-23 ~ 5e-5). Plain
 #: TF32 inputs (errors near 2^-11) fail the fp32 bound.
+def calibrated_random_model(name: str, seed: int = 0) -> nn.Module:
+    """A random-weight zoo model (eval, CPU, float32) fit for whole-model numerical comparisons: parameters
+    nudged by N(0, 0.02) (the zero-initialised positional encodings get values too), every residual branch's
+    output projection (the Linear `proj` after attention, the MLP's `fc2`) scaled by 1 / sqrt(2 * blocks),
+    and BatchNorm statistics recalibrated on two batches of random images. Without this, deep random models are ill-conditioned: with
+    the default statistics (mean 0, var 1, RepBN alpha 1) SLAB-Swin / CSwin logits reach ~5e3 and DeiT-S /
+    PVT-S activations 1e19 (bfloat16 overflows on the GPU); recalibrated but unscaled, float32 and float64
+    logits of SLAB-Swin-S differ by 16 %."""
+    import slab_edge
+    from slab_edge.train.recalibrate import recalibrate_bn
+
+    torch.manual_seed(seed)
+    model = slab_edge.create_model(name).eval()
+    outputs = [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("proj", "fc2")
+    ]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        for layer in outputs:
+            layer.weight.mul_(len(outputs) ** -0.5)  # two per block: 1 / sqrt(2 * blocks)
+    gen = torch.Generator().manual_seed(seed + 1)
+    size = model.pretrained_cfg["input_size"]
+    recalibrate_bn(model, [torch.randn(4, *size, generator=gen) for _ in range(2)])
+    return model.eval()
+
+
 FUSED_SLA_GPU_TOLERANCE = {
     torch.float32: 1e-4,
     torch.float16: 2.0**-11 + 1e-4,

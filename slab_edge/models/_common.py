@@ -142,7 +142,9 @@ class ConvPatchEmbed(nn.Module):
         self.norm = norm if norm is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x).flatten(2).transpose(1, 2)  # [B, N, C]
+        # contiguous tokens first: with the norm folded away the transposed view would otherwise become the
+        # layout of the whole residual stream (every add and every Linear input a strided copy on the GPU)
+        x = self.proj(x).flatten(2).transpose(1, 2).contiguous()  # [B, N, C]
         return self.norm(x)
 
     @torch.no_grad()

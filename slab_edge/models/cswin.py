@@ -273,10 +273,11 @@ class CSwinBlock(nn.Module):
 
 
 class MapToTokens(nn.Module):
-    """[B, C, H, W] -> [B, H*W, C]."""
+    """[B, C, H, W] -> [B, H*W, C], contiguous (with the norm after it folded away, a transposed view would be
+    the layout of the whole residual stream)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(2).transpose(1, 2)
+        return x.flatten(2).transpose(1, 2).contiguous()
 
 
 #: ends the error message for another image size
@@ -334,7 +335,7 @@ class MergeBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
         x = self.conv(x.transpose(1, 2).reshape(b, c, self.res, self.res))
-        return self.norm(x.flatten(2).transpose(1, 2))
+        return self.norm(x.flatten(2).transpose(1, 2).contiguous())
 
     @torch.no_grad()
     def reparameterize(self) -> None:

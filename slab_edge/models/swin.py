@@ -289,7 +289,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_size(x, self.in_chans, (self.img_size, self.img_size), False, 1, self.size_reason)
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+        # contiguous tokens: with the norm folded away the transposed view would reach the first block as is
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2).contiguous())
 
     @torch.no_grad()
     def reparameterize(self) -> None:

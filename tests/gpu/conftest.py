@@ -18,3 +18,13 @@ def needs_cuda():
 def needs_cuda_and_fla(needs_cuda):
     if not fla_available():
         pytest.skip("needs flash-linear-attention: pip install flash-linear-attention==0.6.0 fla-core==0.6.0")
+
+
+@pytest.fixture
+def no_tf32():
+    """Exact fp32 on the GPU (TF32 convolutions are on by default; cuBLAS matmuls off): for comparisons
+    with a CPU or another GPU path."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
