@@ -57,10 +57,10 @@ def calibrated_random_model(name: str, seed: int = 0) -> nn.Module:
     """A random-weight zoo model (eval, CPU, float32) fit for whole-model numerical comparisons: parameters
     nudged by N(0, 0.02) (the zero-initialised positional encodings get values too), every residual branch's
     output projection (the Linear `proj` after attention, the MLP's `fc2`) scaled by 1 / sqrt(2 * blocks),
-    and BatchNorm statistics recalibrated on two batches of random images. Without this, deep random models are ill-conditioned: with
-    the default statistics (mean 0, var 1, RepBN alpha 1) SLAB-Swin / CSwin logits reach ~5e3 and DeiT-S /
-    PVT-S activations 1e19 (bfloat16 overflows on the GPU); recalibrated but unscaled, float32 and float64
-    logits of SLAB-Swin-S differ by 16 %."""
+    and BatchNorm statistics recalibrated on two batches of random images. Without this, deep random models
+    are ill-conditioned: with the default statistics (mean 0, var 1, RepBN alpha 1) SLAB-Swin / CSwin logits
+    reach ~5e3 and DeiT-S / PVT-S activations 1e19 (bfloat16 overflows on the GPU); recalibrated but
+    unscaled, float32 and float64 logits of SLAB-Swin-S differ by 16 %."""
     import slab_edge
     from slab_edge.train.recalibrate import recalibrate_bn
 
