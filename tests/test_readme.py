@@ -365,3 +365,14 @@ def test_readme_commands_run_in_order(request, tmp_path):
           f"{time.perf_counter() - t_start:.0f} s in all (demo included)")  # fmt: skip
     if skipped:
         warnings.warn("README lines not run here:\n" + "\n".join(skipped), stacklevel=1)
+
+
+def test_lines_needing_absent_hardware_are_named(monkeypatch):
+    this = sys.modules[__name__]
+    monkeypatch.setattr(this, "_builder", lambda: None)
+    monkeypatch.setattr(this, "_cuda", lambda: False)
+    assert "TensorRT-RTX" in missing_requirement(["build", "digits.fp16.onnx"])
+    assert "engine" in missing_requirement(["infer", "digits.engine", "photos/"])
+    assert "GPU" in missing_requirement(["infer", "m.onnx", "x.jpg", "--provider", "cuda"])
+    assert "GPU" in missing_requirement(["fold", "--checkpoint", "c", "--output", "o", "--device", "cuda"])
+    assert missing_requirement(["compare", "digits.onnx", "digits.fp16.onnx"]) is None
