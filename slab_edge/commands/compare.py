@@ -2,8 +2,11 @@
 
     slab-edge compare model.onnx model.engine --images val/ --atol 1e-2       # ORT vs TensorRT (no torch)
     slab-edge compare model.onnx --torch slab_deit_tiny_patch16_224 --checkpoint ckpt.safetensors
+    slab-edge compare model.onnx model.fp16.onnx model.int8.onnx              # tolerances by precision
 
-The first backend is the reference: torch when --torch is given, else the first model file.
+The first backend is the reference: torch when --torch is given, else the first model file. Tolerances
+not given come from the precisions of each compared pair (slab_edge.runtime.compare.default_tolerance);
+the report says which were used and why.
 Exit status 1 when any backend fails the tolerances (errors exit 2).
 """
 
@@ -35,10 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--random", type=int, default=None, metavar="N", help="N seeded random inputs")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--batch", type=int, default=None, help="batch size per run (default: 1 / fixed batch)")
-    tol = parser.add_argument_group("tolerances: pass iff |x - ref| <= atol + rtol * |ref| everywhere")
-    tol.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default: 1e-4)")
-    tol.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default: 1e-4)")
-    tol.add_argument("--min-top1", type=float, default=None, help="also require this top-1 agreement (0-1)")
+    tol = parser.add_argument_group(
+        "tolerances: pass iff |x - ref| <= atol + rtol * |ref| everywhere",
+        "Without --atol/--rtol each pair gets a default from the two models' precisions (metadata): "
+        "atol = 1e-4 x max|ref| for fp32 vs fp32, 1e-2 x for fp16 or TF32, 0.5 x and top-1 >= 0.8 for "
+        "int8 QDQ, rtol 0. Given ones win (an unset one of the two is 0).",
+    )
+    tol.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: by precision)")
+    tol.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: by precision)")
+    tol.add_argument(
+        "--min-top1",
+        type=float,
+        default=None,
+        help="also require this top-1 agreement (0-1; default: by precision, only int8 has one)",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of text")
     parser.add_argument("--output", help="also write the JSON report to this file (atomically)")
     add_backend_arguments(parser)

@@ -170,6 +170,7 @@ class OnnxRuntimeSession(Session):
             # ORT falls back silently (a warning) when a provider fails to initialise: say so instead.
             raise BackendError(f"{providers[0]} failed to initialise (active providers: {', '.join(active)})")
         self.providers = active
+        self.provider_options = self._session.get_provider_options()  # {provider: {key: str}}
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.metadata = decode_metadata(dict(self._session.get_modelmeta().custom_metadata_map))

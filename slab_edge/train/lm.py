@@ -166,7 +166,7 @@ class LMTrainConfig:
         default=500, metadata=_h("checkpoint every N optimizer steps (and at the end)")
     )
     log_every: int = field(default=10, metadata=_h("write a train record every N optimizer steps"))
-    progress: bool = field(default=True, metadata=_h("show a progress bar"))
+    progress: bool = field(default=True, metadata=_h("progress bar (only when stderr is a terminal)"))
     amp: str = field(default="auto", metadata=_h("auto (bf16 on GPU, off on CPU) | bf16 | none"))
     compile: bool = field(default=False, metadata=_h("torch.compile the training model"))
     device: str = field(default="auto", metadata=_h("auto | cpu | cuda"))

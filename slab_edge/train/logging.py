@@ -105,12 +105,22 @@ class MetricsLog:
         return read_metrics(self.path)
 
 
+def stderr_is_terminal() -> bool:
+    """True when stderr is an interactive terminal (a bar redrawn with \\r is unreadable in a log file)."""
+    stream = sys.stderr
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 class Progress:
-    """tqdm bar over one epoch (or any count) with a postfix of live numbers; silent when disabled."""
+    """tqdm bar over one epoch (or any count) with a postfix of live numbers; silent when disabled or when
+    stderr is not a terminal (CI logs, `2> file`, pipes): the epoch lines on stdout say the same."""
 
     def __init__(self, total: int, desc: str = "", enabled: bool = True, initial: int = 0) -> None:
         self.bar = None
-        if enabled:
+        if enabled and stderr_is_terminal():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(

@@ -118,7 +118,7 @@ class TrainConfig:
     )
     eval_every: int = field(default=1, metadata=_h("evaluate every N epochs (and at the end)"))
     log_every: int = field(default=20, metadata=_h("write a train record every N optimizer steps"))
-    progress: bool = field(default=True, metadata=_h("show a progress bar"))
+    progress: bool = field(default=True, metadata=_h("progress bar (only when stderr is a terminal)"))
     plot: bool = field(default=True, metadata=_h("draw metrics.png at every epoch end and at the end"))
     # after training
     recal_epochs: float = field(default=0, metadata=_h("BN recalibration passes over the train set (frozen)"))

@@ -71,3 +71,50 @@ def test_bad_checkpoint_is_a_clear_error(vit_files, tmp_path, capsys):
     argv = ["compare", str(vit_files / "vit.onnx"), "--torch", "test_vit", "--checkpoint", str(broken)]
     assert cli.main(argv) == 2
     assert "broken.pth" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def digits_files(tmp_path_factory):
+    """The files the README's fp16 compare line reads, at test cost: an untrained slab_deit_digits
+    checkpoint exported to fp32 + fp16 by `slab-edge export`, and an fp16 export of other weights."""
+    from slab_edge.models import create_model
+    from slab_edge.train.model_files import model_meta, save_model_file
+
+    folder = tmp_path_factory.mktemp("digits")
+    data = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
+            "crop_pct": 1.0}  # fmt: skip
+    for seed, name in ((0, "deploy"), (1, "other")):
+        torch.manual_seed(seed)
+        model = create_model("slab_deit_digits").eval()
+        meta = model_meta("slab_deit_digits", {}, 10, data, [str(i) for i in range(10)])
+        save_model_file(folder / f"{name}.safetensors", model, meta)
+    for name, out, precisions in (("deploy", "digits", ["fp32", "fp16"]), ("other", "other.fp16", ["fp16"])):
+        argv = ["export", "-c", str(folder / f"{name}.safetensors"), "-o", str(folder / f"{out}.onnx"),
+                "--precision", *precisions]  # fmt: skip
+        assert cli.main(argv) == 0
+    return folder
+
+
+def test_readme_fp16_compare_passes_with_default_tolerances(digits_files, capsys, monkeypatch):
+    monkeypatch.chdir(digits_files)
+    capsys.readouterr()
+    # README.md, "## Commands": the line as written, with the defaults picked from the precisions
+    argv = ["compare", "digits.onnx", "digits.fp16.onnx", "--torch", "slab_deit_digits",
+            "--checkpoint", "deploy.safetensors", "--random", "8"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime:digits.onnx (fp32)" in out and "onnxruntime:digits.fp16.onnx (fp16)" in out
+    assert "(default for fp32 vs fp32: 0.0001 x max|ref|" in out
+    assert "(default for fp32 vs fp16: 0.01 x max|ref|" in out
+    assert out.strip().endswith("PASS")
+
+
+def test_fp16_defaults_still_fail_other_weights(digits_files, capsys, monkeypatch):
+    monkeypatch.chdir(digits_files)
+    capsys.readouterr()
+    argv = ["compare", "other.fp16.onnx", "--torch", "slab_deit_digits", "--checkpoint",
+            "deploy.safetensors", "--random", "8", "--json"]  # fmt: skip
+    assert cli.main(argv) == 1
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["precision"] == "fp16" and not result["passed"]
+    assert result["max_abs"] > result["tolerance"]["atol"] > 0
