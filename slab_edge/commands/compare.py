@@ -15,7 +15,14 @@ import sys
 
 import numpy as np
 
-from slab_edge.commands._runtime_args import add_backend_arguments, session_options
+from slab_edge.commands._runtime_args import add_backend_arguments, backend_inputs, session_options
+from slab_edge.commands.argtypes import (
+    float_range,
+    non_negative_float,
+    non_negative_int,
+    output_file,
+    positive_int,
+)
 from slab_edge.errors import InputError
 
 
@@ -32,15 +39,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data = parser.add_argument_group("inputs (default: --random 8)")
     data.add_argument("--images", nargs="+", help="image files / folders / globs, preprocessed by metadata")
-    data.add_argument("--random", type=int, default=None, metavar="N", help="N seeded random inputs")
-    data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--batch", type=int, default=None, help="batch size per run (default: 1 / fixed batch)")
+    data.add_argument("--random", type=positive_int, default=None, metavar="N", help="N seeded random inputs")
+    data.add_argument("--seed", type=non_negative_int, default=0)
+    data.add_argument(
+        "--batch", type=positive_int, default=None, help="batch size per run (default: 1 / fixed batch)"
+    )
     tol = parser.add_argument_group("tolerances: pass iff |x - ref| <= atol + rtol * |ref| everywhere")
-    tol.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default: 1e-4)")
-    tol.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default: 1e-4)")
-    tol.add_argument("--min-top1", type=float, default=None, help="also require this top-1 agreement (0-1)")
+    tol.add_argument(
+        "--atol", type=non_negative_float, default=1e-4, help="absolute tolerance (default: 1e-4)"
+    )
+    tol.add_argument(
+        "--rtol", type=non_negative_float, default=1e-4, help="relative tolerance (default: 1e-4)"
+    )
+    tol.add_argument(
+        "--min-top1",
+        type=float_range(0, 1, low_open=True),
+        default=None,
+        help="also require this top-1 agreement (0-1)",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of text")
-    parser.add_argument("--output", help="also write the JSON report to this file (atomically)")
+    parser.add_argument(
+        "--output", type=output_file, help="also write the JSON report to this file (atomically)"
+    )
     add_backend_arguments(parser)
 
 
@@ -65,8 +85,6 @@ def _inputs(args: argparse.Namespace, runners) -> tuple:
             raise InputError("no image could be read")
         return np.stack(arrays), f"{len(arrays)} images"
     count = args.random if args.random is not None else 8
-    if count < 1:
-        raise InputError(f"--random must be >= 1, got {count}")
     shape = source.input_shape
     size = source.metadata.get("input_size")
     if size:
@@ -75,13 +93,19 @@ def _inputs(args: argparse.Namespace, runners) -> tuple:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slab_edge.io import atomic_write_json
+    from slab_edge.io import atomic_write_json, check_outputs_distinct
     from slab_edge.runtime.compare import compare_runners, format_comparison, load_runner, torch_runner
 
     if args.checkpoint and not args.torch:
         raise InputError("--checkpoint belongs to --torch NAME")
     if len(args.models) + bool(args.torch) < 2:
         raise InputError("compare needs two backends: two model files, or --torch NAME and a model file")
+    inputs = [*backend_inputs(args, args.models), ("--checkpoint", args.checkpoint)]
+    if args.images and args.output:
+        from slab_edge.runtime.infer import collect_images
+
+        inputs += [("image", s.path) for s in collect_images(args.images)]
+    check_outputs_distinct({"--output": args.output}, inputs)
     kwargs = None
     if args.model_kwargs:
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from slab_edge.commands.argtypes import non_negative_int, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -18,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint"
     )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--num-workers", type=non_negative_int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 

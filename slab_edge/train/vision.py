@@ -53,7 +53,7 @@ from slab_edge.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from slab_edge.train.config import config_to_dict, save_config
+from slab_edge.train.config import check_config, config_to_dict, save_config
 from slab_edge.train.data import DataBundle, ResumableSampler, ShardSampler, build_data, data_classes
 from slab_edge.train.distributed import (
     DistInfo,
@@ -898,6 +898,7 @@ def train_vision(
     Raises:
         SlabEdgeError (InputError, CheckpointError, NonFiniteError): bad input or a run that cannot go on.
     """
+    check_config(cfg)  # a config built in code skipped build_config's range checks
     info = init_distributed(cfg.device)
     deterministic = cfg.deterministic if cfg.deterministic is not None else info.device.type == "cpu"
     threads = torch.get_num_threads()

@@ -107,7 +107,7 @@ def test_recalibrate_then_fold_commands(trained, tmp_path, capsys):
     [
         (["train", "--data", "/nonexistent/imagenet"], "dataset folder /nonexistent/imagenet does not exist"),
         (["train", "--model", "slab_deit_tinny_patch16_224"], "unknown model 'slab_deit_tinny_patch16_224'"),
-        (["train", "--epochs", "many"], "'epochs' expects int"),
+        (["train", "--epochs", "many"], "argument --epochs: expects int, got 'many'"),
         (["evaluate", "--checkpoint", "/nonexistent/run"], "does not exist"),
     ],
 )
