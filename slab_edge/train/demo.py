@@ -161,10 +161,11 @@ def run_demo(
         steps: defaults to DEMO_STEPS.
         overrides: training config keys (e.g. epochs=5, threads=1).
     """
-    from slab_edge.io import atomic_write_json, check_writable_dir
+    from slab_edge.io import atomic_write_json, check_output
 
-    output = check_writable_dir(output)
-    state = DemoState(output=output, cfg=demo_config(output, **overrides))
+    config = demo_config(output, **overrides)  # bad keys stop the demo before its folder exists
+    output = check_output(output, folder=True, label="demo folder")
+    state = DemoState(output=output, cfg=config)
     t_start = time.perf_counter()
     for name, fn in steps or DEMO_STEPS:
         say(f"\n[demo] {name} ...")

@@ -541,7 +541,7 @@ def _check_run_folder(run_dir: Path, cfg: LMTrainConfig) -> None:
 
 def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
     """Train (or resume) one SLAB-LM run; returns the summary written to summary.json (on rank 0)."""
-    from slab_edge.io import check_writable_dir
+    from slab_edge.io import check_output
     from slab_edge.layers.norms import advance_progressive_norms, current_mix_weight, set_progressive_schedule
 
     cfg = resolve_lm_config(cfg)
@@ -560,10 +560,7 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
         corpus = load_corpus(tokenizer, cfg.corpus, cfg.val_fraction, cfg.max_corpus_bytes)
         _check_corpus_sizes(corpus, cfg)
         if is_main:
-            check_writable_dir(run_dir)
-            if isinstance(tokenizer, BPETokenizer):
-                tokenizer.save(run_dir)
-        barrier(dist)
+            check_output(run_dir, folder=True, label="run folder")  # created by the first file written
         train_tokens = torch.from_numpy(corpus.train)
         val_tokens = torch.from_numpy(corpus.val)
         byte_lengths = torch.from_numpy(token_byte_lengths(tokenizer))
@@ -606,8 +603,11 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
             batches_drawn = int(ckpt.state.get("batches_drawn", step))
             if dist.rank < len(ckpt.rng_states):
                 restore_rng_state(*ckpt.rng_states[dist.rank])
-        if is_main:
+        if is_main:  # every check has passed: the run folder appears now
+            if isinstance(tokenizer, BPETokenizer):
+                tokenizer.save(run_dir)
             save_config(cfg, run_dir, header="slab-edge train-lm: resolved config (reuse with --config)")
+        barrier(dist)
 
         train_model = wrap_ddp(model, dist)
         if cfg.compile:

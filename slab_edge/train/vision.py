@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from slab_edge.errors import CheckpointError, InputError, SlabEdgeError
-from slab_edge.io import atomic_write_json, check_writable_dir
+from slab_edge.io import atomic_write_json, check_output
 from slab_edge.layers.norms import advance_progressive_norms, current_mix_weight, set_progressive_schedule
 from slab_edge.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -264,11 +264,12 @@ class _Run:
 
     # ----------------------------------------------------------------------------------------- setup
     def check_output(self) -> None:
-        """Rank 0 validates the run folder; every rank raises the same error."""
+        """Rank 0 validates the run folder; every rank raises the same error. Nothing is created here: the
+        folder appears with the first file written, once every check of `setup` has passed."""
         problem = None
         if self.info.is_main:
             try:
-                check_writable_dir(self.run_dir)
+                check_output(self.run_dir, folder=True, label="run folder")
                 last = self.ckpt_dir / "last.json"
                 if self.resume_path is None and last.exists() and not self.cfg.overwrite:
                     problem = (

@@ -125,7 +125,7 @@ def test_unwritable_output_folder(tmp_path, capsys):
     argv = ["train", *_argv({**TINY, "output": str(blocker / "run")})]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is not writable" in err
+    assert len(err.splitlines()) == 1 and "a_file is a file, so" in err and "cannot be created" in err
 
 
 def test_image_folder_with_an_empty_class(tmp_path, capsys):
@@ -176,3 +176,12 @@ def test_imagenet_style_recipe_on_an_image_folder(tmp_path, capsys):
 def test_ema_needs_a_training_checkpoint(trained, capsys):
     assert cli_main(["evaluate", "--checkpoint", str(trained / "final.safetensors"), "--ema"]) == 2
     assert "EMA weights live in training checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--opt", "nonsense"], ["--sched", "nonsense"]])
+def test_failed_start_leaves_no_run_folder(tmp_path, capsys, option):
+    """These fail once the model is built (after the run folder was once created): nothing is left."""
+    out = tmp_path / "runs" / "x"
+    assert cli_main(["train", *_argv({**TINY, "output": str(out)}), *option]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
