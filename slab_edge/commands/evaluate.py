@@ -36,17 +36,20 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_model(args.checkpoint, which="ema" if args.ema else "model", device=device)
     _, val_loader, bundle = loaders_for_model(args.data, meta, args.batch_size, args.num_workers, str(device))
     res = evaluate(model, val_loader, device)
+    deploy = bool(meta.get("deploy"))
     out = {
         "checkpoint": str(args.checkpoint),
         "model": meta.get("model"),
-        "folded": bool(meta.get("deploy")),
+        "deploy": deploy,  # the deploy structure (folded as far as the model folds)
+        "folded": bool(meta.get("folded", deploy)),  # no norm left (see layers.reparam.fold_metadata)
+        "unfolded_norms": meta.get("unfolded_norms"),
         "data": args.data,
         **res,
     }
     if args.json:
         print(json.dumps(out))
     else:
-        kind = "folded" if out["folded"] else "unfolded"
+        kind = "folded" if out["folded"] else "deploy, norms left unfolded" if deploy else "unfolded"
         print(
             f"{out['model']} ({kind}) on {args.data}: top-1 {res['acc']:.2f}% over {res['n']} images, "
             f"loss {res['loss']:.4f}"

@@ -37,12 +37,14 @@ class PreparedModel:
     model: Any  #: torch.nn.Module, eval mode
     name: str
     num_classes: int
-    folded: bool
+    folded: bool  #: no norm is left (see slab_edge.layers.reparam.fold_metadata)
     source: str  #: "training checkpoint, folded" | "deploy checkpoint" | "random init, folded" | ...
     data_config: dict[str, Any]
     labels: list[str]
     checkpoint: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    unfolded_norms: dict[str, int] = field(default_factory=dict)  #: {norm type: count} left in the model
+    folded_norms: int | None = None  #: norms folded away (None: unknown, e.g. a deploy checkpoint)
 
 
 # -- reading files --------------------------------------------------------------------------------------
@@ -229,7 +231,7 @@ def prepare_model(
         InputError: unknown model, bad labels. CheckpointError: a checkpoint that fits neither the
         training nor the deploy structure of the model. FileNotFoundError: missing files.
     """
-    from slab_edge.layers.reparam import remaining_norms, reparameterize_model
+    from slab_edge.layers.reparam import describe_fold, fold_metadata, reparameterize_model
 
     manifest = checkpoint is not None and (Path(checkpoint).is_dir() or Path(checkpoint).suffix == ".json")
     if manifest:
@@ -267,15 +269,19 @@ def prepare_model(
             model, source = _load_checkpoint(name, model, state, meta, kwargs, is_slab, checkpoint)
     model.eval()
     folded_already = source == "deploy checkpoint"
+    trained = None
     if fold and not folded_already:
+        trained = model
         try:
             model = reparameterize_model(model, check=is_slab)
         except RuntimeError as err:  # FoldCheckError: a norm the model did not declare unfoldable
             raise SlabEdgeError(f"cannot fold {name}: {err}") from None
-    left = set(remaining_norms(model)) - set(getattr(model, "unfoldable_norms", ()))
-    folded = folded_already or (fold and not left)
-    if fold and not folded_already:
-        source += ", folded" if folded else f", {len(left)} norms cannot be folded (e.g. {sorted(left)[0]})"
+    folding = fold_metadata(model, trained)
+    if folded_already and isinstance(meta.get("folded_norms"), int):
+        folding["folded_norms"] = meta["folded_norms"]
+    folded = (fold or folded_already) and folding["folded"]
+    if trained is not None:
+        source += ", folded" if folded else f", {describe_fold(folding)}"
 
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if isinstance(labels, (str, os.PathLike)):
@@ -296,6 +302,8 @@ def prepare_model(
         labels=labels,
         checkpoint=str(checkpoint) if checkpoint is not None else None,
         model_kwargs=kwargs,
+        unfolded_norms=folding["unfolded_norms"],
+        folded_norms=folding.get("folded_norms"),
     )
 
 

@@ -120,12 +120,13 @@ def step_fold(state: DemoState) -> dict[str, Any]:
 
 
 def step_save(state: DemoState) -> dict[str, Any]:
+    from slab_edge.layers.reparam import fold_metadata
     from slab_edge.train.model_files import DEPLOY_FILE, load_model, save_model_file
 
     meta = {
         **state.meta,
         "deploy": True,
-        "folded": True,
+        **fold_metadata(state.folded, state.model),
         "metrics": {"acc": state.facts["acc_folded"], "acc_unfolded": state.facts["acc_trained"]},
     }
     path = save_model_file(state.output / DEPLOY_FILE, state.folded, meta)

@@ -42,6 +42,7 @@ from torch import nn
 from slab_edge.errors import CheckpointError, InputError, SlabEdgeError
 from slab_edge.io import atomic_write_json, check_output
 from slab_edge.layers.norms import advance_progressive_norms, current_mix_weight, set_progressive_schedule
+from slab_edge.layers.reparam import fold_metadata
 from slab_edge.train.checkpoint import (
     CHECKPOINT_DIR,
     capture_rng_state,
@@ -832,7 +833,7 @@ def _final_phase(run: _Run) -> TrainResult:
                 meta = {
                     **run.meta,
                     "deploy": True,
-                    "folded": True,
+                    **fold_metadata(fin["folded"], fin["model"]),
                     "metrics": {"acc": fin["folded_eval"].get("acc"), "acc_unfolded": fin["eval"].get("acc")},
                 }
                 deploy_path = save_model_file(run.run_dir / DEPLOY_FILE, fin["folded"], meta)

@@ -178,6 +178,48 @@ def test_ema_needs_a_training_checkpoint(trained, capsys):
     assert "EMA weights live in training checkpoints" in capsys.readouterr().err
 
 
+def _layernorm_model_file(path):
+    """A deit_digits (LayerNorm baseline, nothing foldable) model file as `slab-edge train` writes it."""
+    from slab_edge.models import create_model
+    from slab_edge.train.model_files import model_meta, save_model_file
+
+    kwargs = {"embed_dim": 24, "depth": 1}
+    data = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}
+    model = create_model("deit_digits", **kwargs)
+    return save_model_file(
+        path, model, model_meta("deit_digits", kwargs, 10, data, [str(i) for i in range(10)])
+    )
+
+
+def test_fold_of_a_layernorm_model_says_nothing_folded(tmp_path, capsys):
+    from slab_edge.train.checkpoint import read_safetensors
+
+    source = _layernorm_model_file(tmp_path / "ln.safetensors")
+    out = tmp_path / "deploy.safetensors"
+    assert cli_main(["fold", "--checkpoint", str(source), "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "folded 0 norms; left unfolded: 3 LayerNorm" in captured.out
+    assert "warning: deit_digits keeps norms that cannot fold (3 LayerNorm)" in captured.err
+    _, meta = read_safetensors(out)
+    assert meta["deploy"] is True and meta["folded"] is False
+    assert meta["folded_norms"] == 0 and meta["unfolded_norms"] == {"LayerNorm": 3}
+    assert cli_main(["evaluate", "--checkpoint", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["deploy"] is True and res["folded"] is False and res["unfolded_norms"] == {"LayerNorm": 3}
+
+
+def test_fold_of_a_prepbn_model_counts_its_folded_norms(trained, tmp_path, capsys):
+    from slab_edge.train.checkpoint import read_safetensors
+
+    out = tmp_path / "deploy.safetensors"
+    assert cli_main(["fold", "--checkpoint", str(trained), "--output", str(out)]) == 0
+    assert "folded 3 norms ->" in capsys.readouterr().out  # norm1, norm2 and the final norm
+    _, meta = read_safetensors(out)
+    assert meta["folded"] is True and meta["folded_norms"] == 3 and meta["unfolded_norms"] == {}
+    _, deploy_meta = read_safetensors(trained / "deploy.safetensors")  # what train itself wrote
+    assert deploy_meta["folded"] is True and deploy_meta["folded_norms"] == 3
+
+
 @pytest.mark.parametrize("option", [["--opt", "nonsense"], ["--sched", "nonsense"]])
 def test_failed_start_leaves_no_run_folder(tmp_path, capsys, option):
     """These fail once the model is built (after the run folder was once created): nothing is left."""
