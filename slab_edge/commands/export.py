@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from slab_edge.commands.argtypes import int_range, output_file, positive_float, positive_int
 
@@ -88,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
         fold=not args.no_fold,
         ema=args.ema,
     )
-    if args.checkpoint is None:
-        print("note: no --checkpoint: exporting randomly initialised weights")
     output = Path(args.output or f"{prepared.name}.onnx")
     _check_outputs(args, output)
     reports = export_model(
@@ -112,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps([_summary(r) for r in reports], indent=2))
+    if prepared.weights == "random":
+        print(
+            "slab-edge export: warning: no --checkpoint: the export holds randomly initialised weights "
+            "(its metadata says weights: random)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -45,6 +45,8 @@ class PreparedModel:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     unfolded_norms: dict[str, int] = field(default_factory=dict)  #: {norm type: count} left in the model
     folded_norms: int | None = None  #: norms folded away (None: unknown, e.g. a deploy checkpoint)
+    weights: str = "checkpoint"  #: "checkpoint" | "random" (no checkpoint: initialised weights) | "module"
+    weights_sha256: str | None = None  #: digest of the loaded weights (`state_dict_sha256`), before folding
 
 
 # -- reading files --------------------------------------------------------------------------------------
@@ -268,6 +270,8 @@ def prepare_model(
         if state:
             model, source = _load_checkpoint(name, model, state, meta, kwargs, is_slab, checkpoint)
     model.eval()
+    weights = "random" if source == "random init" else "module" if source == "given module" else "checkpoint"
+    digest = state_dict_sha256(model.state_dict()) if weights == "checkpoint" else None
     folded_already = source == "deploy checkpoint"
     trained = None
     if fold and not folded_already:
@@ -304,7 +308,27 @@ def prepare_model(
         model_kwargs=kwargs,
         unfolded_norms=folding["unfolded_norms"],
         folded_norms=folding.get("folded_norms"),
+        weights=weights,
+        weights_sha256=digest,
     )
+
+
+def state_dict_sha256(state: dict) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes (sorted by name): the same weights give
+    the same digest whatever file format carried them."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _is_slab(name: str) -> bool:

@@ -397,9 +397,14 @@ def export_lm(
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"export-lm output {folder} is a file; give a folder")
+    from slab_edge.export.checkpoint import state_dict_sha256
     from slab_edge.layers.reparam import fold_metadata
     from slab_edge.models.slab_lm import fold_lm
 
+    if isinstance(source, nn.Module):  # provenance unknown, unless the caller says (e.g. "random")
+        provenance = {"weights": str(meta.get("weights", "module"))}
+    else:
+        provenance = {"weights": "checkpoint", "weights_sha256": state_dict_sha256(model.state_dict())}
     folded, fold_diff = fold_lm(model)
     folded = folded.cpu().eval()
     folding = fold_metadata(folded, model)
@@ -419,6 +424,7 @@ def export_lm(
         "model": name,
         "version": __version__,
         **folding,
+        **provenance,
         "precision": "fp32",
         "tokenizer": spec,
         "state_layout": layout,

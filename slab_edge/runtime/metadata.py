@@ -22,6 +22,14 @@ KEYS: dict[str, tuple[bool, str]] = {
     "folded": (True, "true if no norm is left: every norm was folded before export (see unfolded_norms)"),
     "folded_norms": (True, "how many norms were folded into their neighbours (absent: unknown)"),
     "unfolded_norms": (True, '{norm type: count} left in the graph, e.g. {"LayerNorm": 9}; {} when folded'),
+    "weights": (
+        False,
+        "checkpoint | random (initialised, never trained) | module (a module given to the API)",
+    ),
+    "weights_sha256": (
+        False,
+        "digest of the checkpoint's weights before folding (export.checkpoint.state_dict_sha256)",
+    ),
     "precision": (False, "fp32 | fp16 | int8"),
     "input_name": (False, "name of the image input tensor"),
     "input_size": (True, "[C, H, W] the model was exported for"),

@@ -49,6 +49,7 @@ def test_zoo_export(zoo_exports, name):
     left = Counter(type(prepared.model.get_submodule(n)).__name__ for n in unfoldable)
     assert meta["unfolded_norms"] == dict(left) and meta["folded"] is (not left)
     assert counts["LayerNormalization"] == left.get("LayerNorm", 0)
+    assert meta["weights"] == "module"  # zoo_exports hands prepare_model a built module
     assert meta["input_name"] == model.graph.input[0].name
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     assert meta["input_size"] == dims
