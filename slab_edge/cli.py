@@ -33,6 +33,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A usage error is one line, `slab-edge <command>: error: <message>`, and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The argument parser of one command (imports only that command's module)."""
+    module_name, help_text = COMMANDS[command]
+    module = importlib.import_module(f"slab_edge.commands.{module_name}")
+    parser = CommandParser(prog=f"slab-edge {command}", description=help_text)
+    module.add_arguments(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slab-edge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"slab-edge {__version__}")
@@ -50,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     if top.command is None:
         parser.print_help()
         return 2
-    module_name, help_text = COMMANDS[top.command]
-    module = importlib.import_module(f"slab_edge.commands.{module_name}")
-    cmd_parser = argparse.ArgumentParser(prog=f"slab-edge {top.command}", description=help_text)
-    module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(rest)
+    module = importlib.import_module(f"slab_edge.commands.{COMMANDS[top.command][0]}")
+    try:
+        args = command_parser(top.command).parse_args(rest)
+    except SystemExit as done:  # --help (0) or a usage error (2, one line on stderr)
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     debug = top.debug or os.environ.get("SLAB_EDGE_DEBUG") == "1"
     try:
         return int(module.run(args) or 0)
-    except (SlabEdgeError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except (SlabEdgeError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
         if debug:
             raise
         print(f"slab-edge {top.command}: error: {err}", file=sys.stderr)

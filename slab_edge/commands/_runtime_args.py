@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from slab_edge.commands.argtypes import non_negative_int, positive_int
 from slab_edge.errors import InputError
 
 
@@ -19,7 +20,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         help="ONNX Runtime execution-provider option, repeatable (e.g. --provider cuda --provider-option "
         "use_tf32=0 for exact fp32 GEMMs; device_id=1)",
     )
-    group.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    group.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
     add_custom_op_library_argument(group)
     group.add_argument(
         "--graph-optimization",
@@ -30,10 +31,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--memory", default="cuda-python", choices=["cuda-python", "pycuda"], help="TensorRT device memory"
     )
-    group.add_argument("--device", type=int, default=0, help="CUDA device index (TensorRT)")
+    group.add_argument("--device", type=non_negative_int, default=0, help="CUDA device index (TensorRT)")
     group.add_argument(
         "--dla-core",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="TensorRT DLA engine: core to run on (default: sidecar)",
     )
@@ -63,6 +64,18 @@ def parse_provider_options(items: list[str]) -> dict[str, str]:
             raise InputError(f"--provider-option must be KEY=VALUE, got {item!r}")
         options[key.strip()] = value.strip()
     return options
+
+
+def backend_inputs(args: argparse.Namespace, models: list[str]) -> list[tuple[str, Any]]:
+    """(label, path) of every file the backend flags and `models` read: models, engine sidecars, libraries."""
+    from slab_edge.runtime.metadata import sidecar_path
+
+    inputs: list[tuple[str, Any]] = []
+    for model in models:
+        inputs.append(("model", model))
+        if not str(model).lower().endswith(".onnx"):
+            inputs.append(("engine sidecar", sidecar_path(model)))
+    return [*inputs, ("--custom-op-library", args.custom_op_library), ("--plugin", args.plugin)]
 
 
 def session_options(args: argparse.Namespace, model: str) -> dict[str, Any]:

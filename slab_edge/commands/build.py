@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import argparse
 
+from slab_edge.commands.argtypes import int_range, non_negative_int, output_file, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("onnx", help="exported .onnx file")
-    parser.add_argument("-o", "--output", help="engine file (default: <onnx stem>.engine beside the ONNX)")
+    parser.add_argument(
+        "-o", "--output", type=output_file, help="engine file (default: <onnx stem>.engine beside the ONNX)"
+    )
     parser.add_argument("--builder", choices=["tensorrt", "tensorrt_rtx"], default=None,
                         help="default: tensorrt if importable, else tensorrt_rtx")  # fmt: skip
     prec = parser.add_argument_group("precision")
@@ -34,14 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shapes.add_argument("--min-shape", action="append", default=[])
     shapes.add_argument("--opt-shape", action="append", default=[])
     shapes.add_argument("--max-shape", action="append", default=[])
-    shapes.add_argument("--max-batch", type=int, default=8, help="default profile: batch 1..N (default 8)")
     shapes.add_argument(
-        "--opt-batch", type=int, default=1, help="default profile's optimal batch (default 1)"
+        "--max-batch", type=positive_int, default=8, help="default profile: batch 1..N (default 8)"
+    )
+    shapes.add_argument(
+        "--opt-batch", type=positive_int, default=1, help="default profile's optimal batch (default 1)"
     )
     cfg = parser.add_argument_group("builder")
-    cfg.add_argument("--workspace", type=int, default=None, metavar="MiB", help="workspace memory pool limit")
-    cfg.add_argument("--timing-cache", help="timing cache file: reused if present, written back (TensorRT)")
-    cfg.add_argument("--opt-level", type=int, default=None, help="builder optimization level 0-5")
+    cfg.add_argument(
+        "--workspace", type=positive_int, default=None, metavar="MiB", help="workspace memory pool limit"
+    )
+    cfg.add_argument(
+        "--timing-cache",
+        type=output_file,
+        help="timing cache file: reused if present, written back (TensorRT)",
+    )
+    cfg.add_argument("--opt-level", type=int_range(0, 5), default=None, help="builder optimization level 0-5")
     cfg.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT of the "
                      "same major version (BuilderFlag.VERSION_COMPATIBLE)")  # fmt: skip
     cfg.add_argument("--exclude-lean-runtime", action="store_true",
@@ -55,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "libslab_trt_plugin.so when the ONNX has SlabLinearAttention nodes); recorded in the "
                      "sidecar for the runtime")  # fmt: skip
     dla = parser.add_argument_group("Jetson DLA (fixed shapes; fp16/int8 only)")
-    dla.add_argument("--dla-core", type=int, default=None, help="build for this DLA core")
+    dla.add_argument("--dla-core", type=non_negative_int, default=None, help="build for this DLA core")
     dla.add_argument("--gpu-fallback", action="store_true", help="run layers DLA cannot on the GPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="verbose TensorRT log")
@@ -95,10 +107,15 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from slab_edge.export.trt_builder import BuildOptions, build_engine
-    from slab_edge.io import check_writable_dir
+    from slab_edge.io import check_output, check_outputs_distinct
+    from slab_edge.runtime.metadata import sidecar_path
 
     output = Path(args.output) if args.output else None
-    check_writable_dir((output or Path(args.onnx)).resolve().parent)
+    engine = check_output(output or Path(args.onnx).with_suffix(".engine"), label="engine")
+    check_outputs_distinct(
+        {"engine": engine, "engine sidecar": sidecar_path(engine)},
+        {"ONNX input": args.onnx, "--timing-cache": args.timing_cache, "--plugin": args.plugin},
+    )
     options = BuildOptions(
         precision=args.precision,
         strongly_typed=args.strongly_typed,
@@ -106,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         opt_batch=args.opt_batch,
         workspace_mib=args.workspace,
-        timing_cache=args.timing_cache,
+        timing_cache=str(args.timing_cache) if args.timing_cache else None,
         optimization_level=args.opt_level,
         dla_core=args.dla_core,
         gpu_fallback=args.gpu_fallback,

@@ -18,7 +18,14 @@ import sys
 
 import numpy as np
 
-from slab_edge.commands._runtime_args import add_backend_arguments, session_options
+from slab_edge.commands._runtime_args import add_backend_arguments, backend_inputs, session_options
+from slab_edge.commands.argtypes import (
+    float_range,
+    non_negative_float,
+    non_negative_int,
+    output_file,
+    positive_int,
+)
 from slab_edge.errors import InputError
 
 
@@ -35,25 +42,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data = parser.add_argument_group("inputs (default: --random 8)")
     data.add_argument("--images", nargs="+", help="image files / folders / globs, preprocessed by metadata")
-    data.add_argument("--random", type=int, default=None, metavar="N", help="N seeded random inputs")
-    data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--batch", type=int, default=None, help="batch size per run (default: 1 / fixed batch)")
+    data.add_argument("--random", type=positive_int, default=None, metavar="N", help="N seeded random inputs")
+    data.add_argument("--seed", type=non_negative_int, default=0)
+    data.add_argument(
+        "--batch", type=positive_int, default=None, help="batch size per run (default: 1 / fixed batch)"
+    )
     tol = parser.add_argument_group(
         "tolerances: pass iff |x - ref| <= atol + rtol * |ref| everywhere",
         "Without --atol/--rtol each pair gets a default from the two models' precisions (metadata): "
         "atol = 1e-4 x max|ref| for fp32 vs fp32, 1e-2 x for fp16 or TF32, 0.5 x and top-1 >= 0.8 for "
         "int8 QDQ, rtol 0. Given ones win (an unset one of the two is 0).",
     )
-    tol.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: by precision)")
-    tol.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: by precision)")
+    tol.add_argument(
+        "--atol", type=non_negative_float, default=None, help="absolute tolerance (default: by precision)"
+    )
+    tol.add_argument(
+        "--rtol", type=non_negative_float, default=None, help="relative tolerance (default: by precision)"
+    )
     tol.add_argument(
         "--min-top1",
-        type=float,
+        type=float_range(0, 1, low_open=True),
         default=None,
         help="also require this top-1 agreement (0-1; default: by precision, only int8 has one)",
     )
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of text")
-    parser.add_argument("--output", help="also write the JSON report to this file (atomically)")
+    parser.add_argument(
+        "--output", type=output_file, help="also write the JSON report to this file (atomically)"
+    )
     add_backend_arguments(parser)
 
 
@@ -78,8 +93,6 @@ def _inputs(args: argparse.Namespace, runners) -> tuple:
             raise InputError("no image could be read")
         return np.stack(arrays), f"{len(arrays)} images"
     count = args.random if args.random is not None else 8
-    if count < 1:
-        raise InputError(f"--random must be >= 1, got {count}")
     shape = source.input_shape
     size = source.metadata.get("input_size")
     if size:
@@ -88,13 +101,19 @@ def _inputs(args: argparse.Namespace, runners) -> tuple:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slab_edge.io import atomic_write_json
+    from slab_edge.io import atomic_write_json, check_outputs_distinct
     from slab_edge.runtime.compare import compare_runners, format_comparison, load_runner, torch_runner
 
     if args.checkpoint and not args.torch:
         raise InputError("--checkpoint belongs to --torch NAME")
     if len(args.models) + bool(args.torch) < 2:
         raise InputError("compare needs two backends: two model files, or --torch NAME and a model file")
+    inputs = [*backend_inputs(args, args.models), ("--checkpoint", args.checkpoint)]
+    if args.images and args.output:
+        from slab_edge.runtime.infer import collect_images
+
+        inputs += [("image", s.path) for s in collect_images(args.images)]
+    check_outputs_distinct({"--output": args.output}, inputs)
     kwargs = None
     if args.model_kwargs:
         try:

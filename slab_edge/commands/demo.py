@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import argparse
 
+from slab_edge.commands.argtypes import output_folder, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", default="runs/demo", help="demo folder (default runs/demo)")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="training epochs (default: the digits recipe)"
+        "--output", type=output_folder, default="runs/demo", help="demo folder (default runs/demo)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help="training epochs (default: the digits recipe)"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (1 on a busy machine)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--train-only", action="store_true", help="stop after the deploy checkpoint")
     parser.add_argument(

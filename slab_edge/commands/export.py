@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from slab_edge.commands.argtypes import int_range, output_file, positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "optional when the checkpoint names it")  # fmt: skip
     parser.add_argument("-c", "--checkpoint", help="training/deploy checkpoint: run folder, manifest .json, "
                         ".safetensors or .pt (default: random weights)")  # fmt: skip
-    parser.add_argument("-o", "--output", help="output .onnx (default: <model>.onnx); with several "
-                        "precisions fp16/int8 go to <stem>.fp16.onnx / <stem>.int8.onnx")  # fmt: skip
+    parser.add_argument("-o", "--output", type=output_file, help="output .onnx (default: <model>.onnx); with "
+                        "several precisions fp16/int8 go to <stem>.fp16.onnx / <stem>.int8.onnx")  # fmt: skip
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
                         help="one or more variants (default: fp32)")  # fmt: skip
     parser.add_argument("--labels", help="class names: text file (one per line) or JSON list")
@@ -29,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", action="store_true", help="export the EMA weights of a training run")
     parser.add_argument("--no-fold", action="store_true", help="export the eval graph without folding norms")
     graph = parser.add_argument_group("graph")
-    graph.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
+    graph.add_argument("--opset", type=int_range(17), default=18, help="ONNX opset (>= 17; default 18)")
     graph.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                        help="torch.onnx path (default dynamo; torchscript: legacy fallback)")  # fmt: skip
     graph.add_argument("--static-batch", action="store_true", help="fixed batch (default: dynamic)")
@@ -42,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "parity check of a --custom-ops export (default: the built one)")  # fmt: skip
     int8 = parser.add_argument_group("int8")
     int8.add_argument("--calib-data", help="calibration images: a folder (recursive) or 'digits'")
-    int8.add_argument("--calib-count", type=int, default=64, help="calibration images used (default 64)")
+    int8.add_argument(
+        "--calib-count", type=positive_int, default=64, help="calibration images used (default 64)"
+    )
     int8.add_argument(
         "--per-tensor", action="store_true", help="per-tensor weight scales (default per channel)"
     )
@@ -50,10 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--no-parity-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check"
     )
-    check.add_argument("--tolerance", type=float, default=None,
+    check.add_argument("--tolerance", type=positive_float, default=None,
                        help="fp32: max |diff| (default 1e-4); fp16: fraction of max |logit| "
                        "(default 1e-2)")  # fmt: skip
-    check.add_argument("--parity-batch", type=int, default=2, help="images per parity input set (default 2)")
+    check.add_argument(
+        "--parity-batch", type=positive_int, default=2, help="images per parity input set (default 2)"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
 
 
@@ -63,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     from slab_edge.errors import InputError
     from slab_edge.export.checkpoint import prepare_model
     from slab_edge.export.onnx_export import export_model
-    from slab_edge.io import check_writable_dir
 
     kwargs = None
     if args.model_kwargs:
@@ -73,10 +79,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--model-kwargs is not valid JSON ({err})") from None
         if not isinstance(kwargs, dict):
             raise InputError("--model-kwargs must be a JSON object")
-    if args.parity_batch < 1:
-        raise InputError(f"--parity-batch must be >= 1, got {args.parity_batch}")
     if args.output:
-        check_writable_dir(Path(args.output).parent)
+        _check_outputs(args, Path(args.output))
     prepared = prepare_model(
         args.model,
         args.checkpoint,
@@ -85,10 +89,8 @@ def run(args: argparse.Namespace) -> int:
         fold=not args.no_fold,
         ema=args.ema,
     )
-    if args.checkpoint is None:
-        print("note: no --checkpoint: exporting randomly initialised weights")
     output = Path(args.output or f"{prepared.name}.onnx")
-    check_writable_dir(output.parent)
+    _check_outputs(args, output)
     reports = export_model(
         prepared,
         output,
@@ -109,7 +111,31 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps([_summary(r) for r in reports], indent=2))
+    if prepared.weights == "random":
+        print(
+            "slab-edge export: warning: no --checkpoint: the export holds randomly initialised weights "
+            "(its metadata says weights: random)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _check_outputs(args: argparse.Namespace, output) -> None:
+    """Every file the export writes can be written and is none of its inputs."""
+    from slab_edge.export.onnx_export import variant_path
+    from slab_edge.io import check_output, check_outputs_distinct
+
+    single = len(set(args.precision)) == 1
+    outputs = [("--output", variant_path(output, p, single)) for p in dict.fromkeys(args.precision)]
+    for _, path in outputs:
+        check_output(path, label="--output")
+    inputs = {
+        "--checkpoint": args.checkpoint,
+        "--labels": args.labels,
+        "--calib-data": args.calib_data,
+        "--custom-op-library": args.custom_op_library,
+    }
+    check_outputs_distinct(outputs, inputs)
 
 
 def _summary(report) -> dict:

@@ -14,11 +14,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from slab_edge.commands.argtypes import int_range, non_negative_int, output_file, output_folder, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="train-lm run folder, its model.safetensors, or a checkpoint manifest")
     parser.add_argument(
-        "-o", "--output", type=Path, default=None, help="export folder (default <run>/onnx, <run>/genai)"
+        "-o",
+        "--output",
+        type=output_folder,
+        default=None,
+        help="export folder (default <run>/onnx, <run>/genai)",
     )
     parser.add_argument(
         "--format",
@@ -27,14 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="slab: prefill + decode graphs for slab-edge generate (default); genai: one graph, "
         "genai_config.json and tokenizer files for onnxruntime-genai",
     )
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=int_range(17), default=18, help="ONNX opset (default 18)")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     parser.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch checks")
     parser.add_argument(
-        "--parity-tokens", type=int, default=64, help="greedy tokens compared with PyTorch (default 64)"
+        "--parity-tokens",
+        type=non_negative_int,
+        default=64,
+        help="greedy tokens compared with PyTorch (default 64)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity check")
-    parser.add_argument("--save-folded", type=Path, default=None, help="also write the folded weights here")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="ONNX Runtime threads for the parity check"
+    )
+    parser.add_argument(
+        "--save-folded", type=output_file, default=None, help="also write the folded weights here"
+    )
     parser.add_argument(
         "--ops",
         choices=("standard", "ort"),
@@ -46,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slab_edge.export.lm import export_lm
+    from slab_edge.io import check_outputs_distinct
+    from slab_edge.runtime.generate import DECODE_FILE, PREFILL_FILE
+    from slab_edge.train.lm import MODEL_FILE
 
     source = Path(args.model)
     if args.output is not None:
@@ -54,6 +70,15 @@ def run(args: argparse.Namespace) -> int:
         output = (source if source.is_dir() else source.parent) / (
             "genai" if args.format == "genai" else "onnx"
         )
+    check_outputs_distinct(
+        {"--save-folded": args.save_folded},
+        {
+            "model": source,
+            "run's model file": source / MODEL_FILE if source.is_dir() else None,
+            "exported prefill graph": output / PREFILL_FILE,
+            "exported decode graph": output / DECODE_FILE,
+        },
+    )
     report = export_lm(
         source,
         output,

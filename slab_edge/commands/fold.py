@@ -3,40 +3,53 @@
     slab-edge fold --checkpoint runs/x --output runs/x/deploy.safetensors --data digits
 
 The folded model is checked against the unfolded one: max |logit difference| on random inputs always, and
-top-1 on --data when given (must agree within 0.1 point, otherwise nothing is written).
+top-1 on --data when given (must agree within 0.1 point, otherwise nothing is written). The file's metadata
+counts what was folded and what is left (`folded_norms`, `unfolded_norms`); `folded` is true only when no
+norm is left, so a LayerNorm model's deploy file says false (with a warning).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from slab_edge.commands.argtypes import output_file, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="model .safetensors, checkpoint .json or run folder"
     )
-    parser.add_argument("--output", required=True, help="deploy checkpoint to write (.safetensors)")
+    parser.add_argument(
+        "--output", required=True, type=output_file, help="deploy checkpoint to write (.safetensors)"
+    )
     parser.add_argument(
         "--data", default=None, help="also compare top-1 on this data (digits | ImageFolder root)"
     )
     parser.add_argument("--ema", action="store_true", help="fold the EMA weights of a training checkpoint")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import sys
 
     import torch
 
     from slab_edge.errors import InputError, SlabEdgeError
-    from slab_edge.io import check_writable_dir
-    from slab_edge.layers.reparam import FoldCheckError, reparameterize_model
+    from slab_edge.io import check_outputs_distinct
+    from slab_edge.layers.reparam import (
+        FoldCheckError,
+        describe_fold,
+        describe_norms,
+        fold_metadata,
+        reparameterize_model,
+    )
     from slab_edge.train.distributed import resolve_device
-    from slab_edge.train.model_files import load_model, save_model_file
+    from slab_edge.train.model_files import checkpoint_files, load_model, save_model_file
     from slab_edge.train.vision import FOLD_TOLERANCE_POINTS, finalize_model
 
-    check_writable_dir(Path(args.output).parent)
+    inputs = checkpoint_files(args.checkpoint, prefer="unfolded", ema=args.ema)
+    check_outputs_distinct({"--output": args.output}, inputs)
     device = resolve_device(args.device)
     model, meta = load_model(
         args.checkpoint, which="ema" if args.ema else "model", device=device, prefer="unfolded"
@@ -65,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
             raise SlabEdgeError(
                 f"{line}: differs by {diff:.2f} points (> {FOLD_TOLERANCE_POINTS}); nothing written"
             )
-    save_model_file(args.output, folded, {**meta, "deploy": True, "folded": True, "metrics": metrics})
-    print(f"{line} -> {args.output}")
+    folding = fold_metadata(folded, model)
+    save_model_file(args.output, folded, {**meta, "deploy": True, **folding, "metrics": metrics})
+    print(f"{line}; {describe_fold(folding)} -> {args.output}")
+    if not folding["folded"]:
+        print(
+            f"slab-edge fold: warning: {meta.get('model')} keeps norms that cannot fold "
+            f"({describe_norms(folding['unfolded_norms'])}); its metadata says folded: false",
+            file=sys.stderr,
+        )
     return 0

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from slab_edge.commands._runtime_args import add_custom_op_library_argument
+from slab_edge.commands.argtypes import float_range, non_negative_float, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,19 +27,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", type=Path, help="read the prompt from this UTF-8 file")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
     parser.add_argument(
-        "--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)"
+        "--max-new-tokens", type=positive_int, default=64, help="tokens to generate (default 64)"
     )
-    parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0 = all)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default 0)")
+    parser.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=0.0,
+        help="sampling temperature; 0 = greedy (default)",
+    )
+    parser.add_argument(
+        "--top-k", type=non_negative_int, default=0, help="sample among the k likeliest tokens (0 = all)"
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float_range(0, 1, low_open=True),
+        default=1.0,
+        help="nucleus sampling mass (1.0 = off)",
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed of the sampler (default 0)"
+    )
     parser.add_argument(
         "--tokenizer",
         help="tokenizer to use instead of the one the metadata names: 'byte' or a tokenizer.json "
         "(checked against the model)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu | cuda | tensorrt")
     add_custom_op_library_argument(parser)
     parser.add_argument("--no-echo", action="store_true", help="do not print the prompt before the output")
@@ -51,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
     from slab_edge.runtime.genai import is_genai_folder, open_genai
     from slab_edge.runtime.generate import Sampler, open_lm
 
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.prompt_file is not None:
         try:
             prompt = args.prompt_file.read_text(encoding="utf-8")

@@ -7,6 +7,14 @@ from __future__ import annotations
 
 import argparse
 
+from slab_edge.commands.argtypes import (
+    float_range,
+    non_negative_float,
+    non_negative_int,
+    output_file,
+    positive_int,
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -14,32 +22,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", default="digits", help="digits | ImageFolder root (train/ images are used)")
     parser.add_argument(
-        "--output", required=True, help="where to write the recalibrated model (.safetensors)"
+        "--output",
+        required=True,
+        type=output_file,
+        help="where to write the recalibrated model (.safetensors)",
     )
-    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training images")
-    parser.add_argument("--steps", type=int, default=0, help="extra batches on top of --epochs")
-    parser.add_argument("--momentum", type=float, default=None, help="BN momentum (default: cumulative mean)")
+    parser.add_argument(
+        "--epochs", type=non_negative_float, default=1.0, help="passes over the training images"
+    )
+    parser.add_argument("--steps", type=non_negative_int, default=0, help="extra batches on top of --epochs")
+    parser.add_argument(
+        "--momentum",
+        type=float_range(0, 1, low_open=True),
+        default=None,
+        help="BN momentum (default: cumulative mean)",
+    )
     parser.add_argument(
         "--ema", action="store_true", help="start from the EMA weights of a training checkpoint"
     )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--num-workers", type=non_negative_int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
 def run(args: argparse.Namespace) -> int:
     import itertools
-    from pathlib import Path
 
     from slab_edge.errors import InputError
-    from slab_edge.io import check_writable_dir
+    from slab_edge.io import check_outputs_distinct
     from slab_edge.train.data import loaders_for_model
     from slab_edge.train.distributed import resolve_device
     from slab_edge.train.evaluate import evaluate
-    from slab_edge.train.model_files import load_model, save_model_file
+    from slab_edge.train.model_files import checkpoint_files, load_model, save_model_file
     from slab_edge.train.recalibrate import batchnorm_layers, recalibrate_bn
 
-    check_writable_dir(Path(args.output).parent)
+    inputs = checkpoint_files(args.checkpoint, prefer="unfolded", ema=args.ema)
+    check_outputs_distinct({"--output": args.output}, inputs)
     device = resolve_device(args.device)
     model, meta = load_model(
         args.checkpoint, which="ema" if args.ema else "model", device=device, prefer="unfolded"

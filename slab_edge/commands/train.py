@@ -68,6 +68,16 @@ def resolve_from_args(args: argparse.Namespace):
     return resolve_train_config(file_values, cli_values, base=saved), resume
 
 
+def _check_output(args: argparse.Namespace, cfg) -> None:
+    """The run folder must be neither the config file nor the data folder."""
+    from slab_edge.io import check_outputs_distinct
+    from slab_edge.train.vision import default_run_dir
+
+    data = None if cfg.data in ("digits", "synthetic") else cfg.data
+    run_dir = cfg.output or default_run_dir(cfg)
+    check_outputs_distinct({"--output": run_dir}, {"--config": args.config, "--data": data})
+
+
 def run(args: argparse.Namespace) -> int:
     from slab_edge.train.distributed import cleanup_distributed
 
@@ -84,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
+    _check_output(args, cfg)
     if args.ablation:
         if resume is not None:
             raise InputError("--ablation starts fresh runs; it cannot be combined with --resume")

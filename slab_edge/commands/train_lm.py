@@ -65,6 +65,19 @@ def resolve_from_args(args: argparse.Namespace):
     )
 
 
+def _check_output(args: argparse.Namespace, cfg) -> None:
+    """The run folder must be none of the inputs: config file, corpus, tokenizer file."""
+    from slab_edge.data.text import STDLIB
+    from slab_edge.io import check_outputs_distinct
+
+    inputs = {
+        "--config": args.config,
+        "--corpus": None if cfg.corpus == STDLIB else cfg.corpus,
+        "--tokenizer": None if cfg.tokenizer in ("byte", "bpe") else cfg.tokenizer,
+    }
+    check_outputs_distinct({"--output": cfg.output}, inputs)
+
+
 def run(args: argparse.Namespace) -> int:
     from slab_edge.train.config import config_to_dict
     from slab_edge.train.lm import train_lm
@@ -73,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
+    _check_output(args, cfg)
     summary = train_lm(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports

@@ -37,12 +37,16 @@ class PreparedModel:
     model: Any  #: torch.nn.Module, eval mode
     name: str
     num_classes: int
-    folded: bool
+    folded: bool  #: no norm is left (see slab_edge.layers.reparam.fold_metadata)
     source: str  #: "training checkpoint, folded" | "deploy checkpoint" | "random init, folded" | ...
     data_config: dict[str, Any]
     labels: list[str]
     checkpoint: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    unfolded_norms: dict[str, int] = field(default_factory=dict)  #: {norm type: count} left in the model
+    folded_norms: int | None = None  #: norms folded away (None: unknown, e.g. a deploy checkpoint)
+    weights: str = "checkpoint"  #: "checkpoint" | "random" (no checkpoint: initialised weights) | "module"
+    weights_sha256: str | None = None  #: digest of the loaded weights (`state_dict_sha256`), before folding
 
 
 # -- reading files --------------------------------------------------------------------------------------
@@ -229,7 +233,7 @@ def prepare_model(
         InputError: unknown model, bad labels. CheckpointError: a checkpoint that fits neither the
         training nor the deploy structure of the model. FileNotFoundError: missing files.
     """
-    from slab_edge.layers.reparam import remaining_norms, reparameterize_model
+    from slab_edge.layers.reparam import describe_fold, fold_metadata, reparameterize_model
 
     manifest = checkpoint is not None and (Path(checkpoint).is_dir() or Path(checkpoint).suffix == ".json")
     if manifest:
@@ -266,16 +270,22 @@ def prepare_model(
         if state:
             model, source = _load_checkpoint(name, model, state, meta, kwargs, is_slab, checkpoint)
     model.eval()
+    weights = "random" if source == "random init" else "module" if source == "given module" else "checkpoint"
+    digest = state_dict_sha256(model.state_dict()) if weights == "checkpoint" else None
     folded_already = source == "deploy checkpoint"
+    trained = None
     if fold and not folded_already:
+        trained = model
         try:
             model = reparameterize_model(model, check=is_slab)
         except RuntimeError as err:  # FoldCheckError: a norm the model did not declare unfoldable
             raise SlabEdgeError(f"cannot fold {name}: {err}") from None
-    left = set(remaining_norms(model)) - set(getattr(model, "unfoldable_norms", ()))
-    folded = folded_already or (fold and not left)
-    if fold and not folded_already:
-        source += ", folded" if folded else f", {len(left)} norms cannot be folded (e.g. {sorted(left)[0]})"
+    folding = fold_metadata(model, trained)
+    if folded_already and isinstance(meta.get("folded_norms"), int):
+        folding["folded_norms"] = meta["folded_norms"]
+    folded = (fold or folded_already) and folding["folded"]
+    if trained is not None:
+        source += ", folded" if folded else f", {describe_fold(folding)}"
 
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if isinstance(labels, (str, os.PathLike)):
@@ -296,7 +306,29 @@ def prepare_model(
         labels=labels,
         checkpoint=str(checkpoint) if checkpoint is not None else None,
         model_kwargs=kwargs,
+        unfolded_norms=folding["unfolded_norms"],
+        folded_norms=folding.get("folded_norms"),
+        weights=weights,
+        weights_sha256=digest,
     )
+
+
+def state_dict_sha256(state: dict) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes (sorted by name): the same weights give
+    the same digest whatever file format carried them."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _is_slab(name: str) -> bool:

@@ -397,10 +397,17 @@ def export_lm(
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"export-lm output {folder} is a file; give a folder")
+    from slab_edge.export.checkpoint import state_dict_sha256
+    from slab_edge.layers.reparam import fold_metadata
     from slab_edge.models.slab_lm import fold_lm
 
+    if isinstance(source, nn.Module):  # provenance unknown, unless the caller says (e.g. "random")
+        provenance = {"weights": str(meta.get("weights", "module"))}
+    else:
+        provenance = {"weights": "checkpoint", "weights_sha256": state_dict_sha256(model.state_dict())}
     folded, fold_diff = fold_lm(model)
     folded = folded.cpu().eval()
+    folding = fold_metadata(folded, model)
 
     cfg = model.config
     name = f"slab_lm_{meta.get('size', 'custom')}_{cfg.attention_label}_{cfg.norm}"
@@ -416,7 +423,8 @@ def export_lm(
     common = {
         "model": name,
         "version": __version__,
-        "folded": True,
+        **folding,
+        **provenance,
         "precision": "fp32",
         "tokenizer": spec,
         "state_layout": layout,
@@ -446,7 +454,7 @@ def export_lm(
         if save_folded is not None:
             from slab_edge.train.checkpoint import write_safetensors
 
-            write_safetensors(save_folded, folded.state_dict(), {**meta, "deploy": True, "folded": True})
+            write_safetensors(save_folded, folded.state_dict(), {**meta, "deploy": True, **folding})
         return report
     protos = {}
     if "prefill" in graphs:
@@ -490,7 +498,7 @@ def export_lm(
                 from slab_edge.train.checkpoint import write_safetensors
 
                 folded_tmp = stack.enter_context(atomic_path(save_folded))
-                write_safetensors(folded_tmp, folded.state_dict(), {**meta, "deploy": True, "folded": True})
+                write_safetensors(folded_tmp, folded.state_dict(), {**meta, "deploy": True, **folding})
             if parity:
                 paths = temps[PREFILL_FILE], temps[DECODE_FILE]
                 _parity(folded, *paths, tokenizer, report, parity_tokens, threads, graph_state)

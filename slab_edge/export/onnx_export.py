@@ -208,11 +208,14 @@ def export_metadata(
     from slab_edge import __version__
 
     cfg = prepared.data_config
+    provenance = {"weights": prepared.weights, "weights_sha256": prepared.weights_sha256}
+    folding = {"folded_norms": prepared.folded_norms, "unfolded_norms": dict(prepared.unfolded_norms)}
     return {
         "task": "classification",
         "model": prepared.name,
         "version": __version__,
         "folded": bool(prepared.folded),
+        **{k: v for k, v in {**folding, **provenance}.items() if v is not None},
         "precision": precision,
         "input_name": INPUT_NAME,
         "input_size": list(cfg["input_size"]),

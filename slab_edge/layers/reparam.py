@@ -10,6 +10,7 @@ norm is left.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +55,46 @@ def remaining_norms(model: nn.Module) -> list[str]:
         if isinstance(module, NORM_TYPES) and not any(name.startswith(n + ".") for n in names):
             names.append(name)
     return names
+
+
+def norm_counts(model: nn.Module) -> dict[str, int]:
+    """{norm type name: count} of the norms `remaining_norms` finds, e.g. {"LayerNorm": 9}."""
+    counts: dict[str, int] = {}
+    for name in remaining_norms(model):
+        kind = type(model.get_submodule(name)).__name__
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def fold_metadata(deploy: nn.Module, trained: nn.Module | None = None) -> dict[str, Any]:
+    """What a deploy file says about folding: {"folded", "unfolded_norms"[, "folded_norms"]}.
+
+    Args:
+        deploy: the model as written (folded, or as far as it folds).
+        trained: the model before folding; gives "folded_norms", the number of norms folded away.
+
+    "folded" is true only when no norm is left at all. Norms a model keeps by design (LayerNorm and RMSNorm
+    have input-dependent statistics; a final norm without a head) are counted in "unfolded_norms" by type,
+    so a LayerNorm model's deploy file says {"folded": false, "unfolded_norms": {"LayerNorm": 9}}.
+    """
+    left = norm_counts(deploy)
+    out: dict[str, Any] = {"folded": not left, "unfolded_norms": left}
+    if trained is not None:
+        out["folded_norms"] = len(remaining_norms(trained)) - sum(left.values())
+    return out
+
+
+def describe_norms(counts: dict[str, int]) -> str:
+    """{"LayerNorm": 9, "RMSNorm": 1} -> '9 LayerNorm, 1 RMSNorm'."""
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+
+
+def describe_fold(meta: dict[str, Any]) -> str:
+    """'folded 9 norms' / 'folded 0 norms; left unfolded: 9 LayerNorm' from `fold_metadata`'s dict."""
+    count = meta.get("folded_norms")
+    text = "folded" if count is None else f"folded {count} norm{'' if count == 1 else 's'}"
+    left = meta.get("unfolded_norms") or {}
+    return f"{text}; left unfolded: {describe_norms(left)}" if left else text
 
 
 class FoldCheckError(SlabEdgeError, RuntimeError):

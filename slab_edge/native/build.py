@@ -662,7 +662,9 @@ def build(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("targets", nargs="+", metavar="TARGET", choices=TARGETS,
                         help=f"libraries to build: {', '.join(TARGETS)}")  # fmt: skip
-    parser.add_argument("--out", type=Path, help="output folder (default: slab_edge/native/lib)")
+    from slab_edge.commands.argtypes import output_folder
+
+    parser.add_argument("--out", type=output_folder, help="output folder (default: slab_edge/native/lib)")
     parser.add_argument("--cuda-arch", nargs="+", metavar="CC", help="compute capabilities, e.g. 87 90 "
                         "(default: the local GPU's, else 87 90)")  # fmt: skip
     parser.add_argument("--compile-only", action="store_true", help="compile and link against headers "

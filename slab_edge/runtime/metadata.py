@@ -19,7 +19,17 @@ KEYS: dict[str, tuple[bool, str]] = {
     "task": (False, "classification | lm-prefill | lm-decode | lm-genai (one graph for onnxruntime-genai)"),
     "model": (False, "registered model name, e.g. slab_deit_tiny_patch16_224"),
     "version": (False, "slab-edge version that exported the file"),
-    "folded": (True, "true if every foldable norm was folded before export"),
+    "folded": (True, "true if no norm is left: every norm was folded before export (see unfolded_norms)"),
+    "folded_norms": (True, "how many norms were folded into their neighbours (absent: unknown)"),
+    "unfolded_norms": (True, '{norm type: count} left in the graph, e.g. {"LayerNorm": 9}; {} when folded'),
+    "weights": (
+        False,
+        "checkpoint | random (initialised, never trained) | module (a module given to the API)",
+    ),
+    "weights_sha256": (
+        False,
+        "digest of the checkpoint's weights before folding (export.checkpoint.state_dict_sha256)",
+    ),
     "precision": (False, "fp32 | fp16 | int8"),
     "input_name": (False, "name of the image input tensor"),
     "input_size": (True, "[C, H, W] the model was exported for"),

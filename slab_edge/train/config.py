@@ -3,11 +3,13 @@
 Model-agnostic (the vision trainer and `train-lm` share it). A config is a plain `@dataclass` whose fields
 carry `metadata={"help": ...}`; this module turns it into argparse flags, parses `--set key=value`
 overrides (values in YAML syntax), type-checks every value against the field's annotation, and writes the
-resolved config next to a run.
+resolved config next to a run. A numeric field also names its range, `metadata={"check": Number}` (from
+slab_edge.commands.argtypes; each item of a tuple is checked): its flag rejects a bad value at parse time,
+and a config file or --set value fails `build_config` the same way.
 
     @dataclass
     class MyConfig:
-        lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+        lr: float = field(default=1e-3, metadata={"help": "peak learning rate", "check": positive_float})
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, MyConfig)
@@ -27,12 +29,16 @@ import typing
 from pathlib import Path
 from typing import Any, Union
 
+from slab_edge.commands.argtypes import Number
 from slab_edge.errors import InputError
 from slab_edge.io import atomic_write_text
 
 __all__ = [
+    "ConfigValue",
     "add_config_arguments",
     "build_config",
+    "check_config",
+    "check_value",
     "cli_overrides",
     "coerce_value",
     "config_to_dict",
@@ -149,6 +155,59 @@ def _unknown_key_error(cls, key: str, source: str) -> InputError:
     return InputError(f"unknown config key {key!r} in {source}{hint}")
 
 
+def check_value(value: Any, check: Number | None) -> str | None:
+    """Why a coerced config value fails its field's `check` (each item of a list/tuple), or None."""
+    if check is None or value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = check.problem(item)
+            if problem:
+                return f"{problem} (item {i + 1} of {list(value)})"
+        return None
+    return check.problem(value)
+
+
+def check_config(cfg) -> None:
+    """Raise InputError if a field of config dataclass `cfg` fails its `check` (for configs built in code,
+    which `build_config` did not see)."""
+    for f in dataclasses.fields(cfg):
+        problem = check_value(getattr(cfg, f.name), f.metadata.get("check"))
+        if problem:
+            raise InputError(f"config key {f.name!r} {problem}")
+
+
+def is_numeric(tp: Any) -> bool:
+    """True for int / float annotations, optional or as the items of a tuple / list (bool is not numeric)."""
+    inner, _ = _unwrap_optional(tp)
+    if typing.get_origin(inner) in (tuple, list):
+        items = [a for a in typing.get_args(inner) if a is not Ellipsis]
+        return bool(items) and all(is_numeric(a) for a in items)
+    return inner in (int, float)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigValue:
+    """argparse `type=` of a numeric config flag: YAML text ("null" for None, "0.9,0.95" for a tuple)
+    coerced to the field's annotation, then checked by the field's `check`."""
+
+    name: str
+    annotation: Any
+    check: Number | None = None
+
+    def __call__(self, text: str) -> Any:
+        import yaml
+
+        try:
+            value = coerce_value(self.name, yaml.safe_load(text) if text.strip() else None, self.annotation)
+        except (InputError, yaml.YAMLError):
+            raise argparse.ArgumentTypeError(f"expects {_type_name(self.annotation)}, got {text!r}") from None
+        problem = check_value(value, self.check)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+
 def build_config(cls, *layers: tuple[str, dict[str, Any]] | dict[str, Any]):
     """Instantiate dataclass `cls` from layered dicts (later layers win); every value is type-checked.
 
@@ -157,6 +216,7 @@ def build_config(cls, *layers: tuple[str, dict[str, Any]] | dict[str, Any]):
         layers: dicts, or (source name, dict) pairs so an unknown key's error names where it came from.
     """
     hints = _field_types(cls)
+    checks = {f.name: f.metadata.get("check") for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
     for layer in layers:
         source, values = layer if isinstance(layer, tuple) else ("config", layer)
@@ -164,6 +224,9 @@ def build_config(cls, *layers: tuple[str, dict[str, Any]] | dict[str, Any]):
             if key not in hints:
                 raise _unknown_key_error(cls, key, source)
             merged[key] = coerce_value(key, value, hints[key])
+            problem = check_value(merged[key], checks.get(key))
+            if problem:
+                raise InputError(f"config key {key!r} (from the {source}) {problem}")
     return cls(**merged)
 
 
@@ -250,6 +313,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, 
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
                 help=help_text,
+            )
+        elif is_numeric(hints[f.name]):
+            kind = ConfigValue(f.name, hints[f.name], f.metadata.get("check"))
+            group.add_argument(
+                flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar="V", help=help_text
             )
         else:
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="V", help=help_text)

@@ -120,12 +120,13 @@ def step_fold(state: DemoState) -> dict[str, Any]:
 
 
 def step_save(state: DemoState) -> dict[str, Any]:
+    from slab_edge.layers.reparam import fold_metadata
     from slab_edge.train.model_files import DEPLOY_FILE, load_model, save_model_file
 
     meta = {
         **state.meta,
         "deploy": True,
-        "folded": True,
+        **fold_metadata(state.folded, state.model),
         "metrics": {"acc": state.facts["acc_folded"], "acc_unfolded": state.facts["acc_trained"]},
     }
     path = save_model_file(state.output / DEPLOY_FILE, state.folded, meta)
@@ -161,10 +162,11 @@ def run_demo(
         steps: defaults to DEMO_STEPS.
         overrides: training config keys (e.g. epochs=5, threads=1).
     """
-    from slab_edge.io import atomic_write_json, check_writable_dir
+    from slab_edge.io import atomic_write_json, check_output
 
-    output = check_writable_dir(output)
-    state = DemoState(output=output, cfg=demo_config(output, **overrides))
+    config = demo_config(output, **overrides)  # bad keys stop the demo before its folder exists
+    output = check_output(output, folder=True, label="demo folder")
+    state = DemoState(output=output, cfg=config)
     t_start = time.perf_counter()
     for name, fn in steps or DEMO_STEPS:
         say(f"\n[demo] {name} ...")

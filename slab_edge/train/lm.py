@@ -42,6 +42,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slab_edge.commands.argtypes import (
+    Number,
+    float_range,
+    int_range,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from slab_edge.data.text import TextCorpus, bits_per_byte, load_corpus, token_byte_lengths
 from slab_edge.data.text_tokenizer import DEFAULT_BPE_FILE, BPETokenizer, ByteTokenizer, Tokenizer, train_bpe
 from slab_edge.errors import CheckpointError, InputError
@@ -56,7 +66,7 @@ from slab_edge.train.checkpoint import (
     save_checkpoint,
     write_safetensors,
 )
-from slab_edge.train.config import config_to_dict, save_config
+from slab_edge.train.config import check_config, config_to_dict, save_config
 from slab_edge.train.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -98,8 +108,8 @@ LM_PLOT_PANELS: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
-def _h(text: str) -> dict[str, Any]:
-    return {"help": text}
+def _h(text: str, check: Number | None = None) -> dict[str, Any]:
+    return {"help": text, "check": check}
 
 
 @dataclass
@@ -119,11 +129,20 @@ class LMTrainConfig:
     corpus: str = field(
         default="stdlib", metadata=_h("stdlib (Python's own sources) | a text file or folder")
     )
-    max_corpus_bytes: int | None = field(default=None, metadata=_h("read at most this many corpus bytes"))
-    val_fraction: float = field(default=0.05, metadata=_h("share of files held out for validation"))
+    max_corpus_bytes: int | None = field(
+        default=None, metadata=_h("read at most this many corpus bytes", check=positive_int)
+    )
+    val_fraction: float = field(
+        default=0.05,
+        metadata=_h(
+            "share of files held out for validation", check=float_range(0, 1, low_open=True, high_open=True)
+        ),
+    )
     tokenizer: str = field(default="byte", metadata=_h("byte | bpe (train one locally) | a tokenizer.json"))
-    bpe_vocab: int = field(default=4096, metadata=_h("vocabulary size of a locally trained BPE"))
-    seq_len: int = field(default=256, metadata=_h("tokens per training window"))
+    bpe_vocab: int = field(
+        default=4096, metadata=_h("vocabulary size of a locally trained BPE", check=int_range(258))
+    )
+    seq_len: int = field(default=256, metadata=_h("tokens per training window", check=positive_int))
     # run
     output: str | None = field(
         default=None, metadata=_h("run folder (default runs/lm-<model>-<attention>[-<pattern>]-<norm>)")
@@ -132,45 +151,79 @@ class LMTrainConfig:
     resume: bool = field(
         default=False, metadata=_h("continue the run in the output folder from its last checkpoint")
     )
-    seed: int = field(default=0, metadata=_h("seed for weights and data order"))
-    steps: int = field(default=2000, metadata=_h("optimizer steps"))
-    max_seconds: float | None = field(default=None, metadata=_h("also stop after this much training time"))
+    seed: int = field(default=0, metadata=_h("seed for weights and data order", check=non_negative_int))
+    steps: int = field(default=2000, metadata=_h("optimizer steps", check=positive_int))
+    max_seconds: float | None = field(
+        default=None, metadata=_h("also stop after this much training time", check=positive_float)
+    )
     stop_at_step: int | None = field(
         default=None,
-        metadata=_h("end this session at this step (schedules still span --steps; --resume goes on)"),
+        metadata=_h(
+            "end this session at this step (schedules still span --steps; --resume goes on)",
+            check=positive_int,
+        ),
     )
-    batch_size: int = field(default=16, metadata=_h("windows per process per forward"))
-    grad_accum: int = field(default=1, metadata=_h("forwards per optimizer step"))
+    batch_size: int = field(default=16, metadata=_h("windows per process per forward", check=positive_int))
+    grad_accum: int = field(default=1, metadata=_h("forwards per optimizer step", check=positive_int))
     # optimizer and schedule
-    lr: float | None = field(default=None, metadata=_h("peak lr (None: 1e-3 for tiny, else 3e-4)"))
-    min_lr_ratio: float = field(default=0.1, metadata=_h("cosine floor as a fraction of the peak lr"))
-    warmup: float = field(default=0.02, metadata=_h("lr warm-up: steps if >= 1, fraction of steps if < 1"))
-    weight_decay: float = field(default=0.01, metadata=_h("AdamW decoupled weight decay (not on 1-D params)"))
-    opt_betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_h("AdamW betas"))
-    clip_grad: float | None = field(default=1.0, metadata=_h("clip the gradient norm (None = off)"))
-    prepbn_warmup: float = field(default=0.2, metadata=_h("RMSNorm-only steps (fraction of steps if < 1)"))
-    prepbn_decay: float = field(default=0.36, metadata=_h("RMSNorm->RepBN fade length (fraction if < 1)"))
+    lr: float | None = field(
+        default=None, metadata=_h("peak lr (None: 1e-3 for tiny, else 3e-4)", check=positive_float)
+    )
+    min_lr_ratio: float = field(
+        default=0.1, metadata=_h("cosine floor as a fraction of the peak lr", check=probability)
+    )
+    warmup: float = field(
+        default=0.02,
+        metadata=_h("lr warm-up: steps if >= 1, fraction of steps if < 1", check=non_negative_float),
+    )
+    weight_decay: float = field(
+        default=0.01,
+        metadata=_h("AdamW decoupled weight decay (not on 1-D params)", check=non_negative_float),
+    )
+    opt_betas: tuple[float, float] = field(
+        default=(0.9, 0.95), metadata=_h("AdamW betas", check=float_range(0, 1, high_open=True))
+    )
+    clip_grad: float | None = field(
+        default=1.0, metadata=_h("clip the gradient norm (None = off)", check=positive_float)
+    )
+    prepbn_warmup: float = field(
+        default=0.2, metadata=_h("RMSNorm-only steps (fraction of steps if < 1)", check=non_negative_float)
+    )
+    prepbn_decay: float = field(
+        default=0.36, metadata=_h("RMSNorm->RepBN fade length (fraction if < 1)", check=non_negative_float)
+    )
     recal_steps: int = field(
-        default=50, metadata=_h("after training: batches that re-estimate RepBN statistics (0 = off)")
+        default=50,
+        metadata=_h(
+            "after training: batches that re-estimate RepBN statistics (0 = off)", check=non_negative_int
+        ),
     )
     nonfinite_patience: int = field(
-        default=20, metadata=_h("stop after this many non-finite updates in a row")
+        default=20, metadata=_h("stop after this many non-finite updates in a row", check=non_negative_int)
     )
     # evaluation and bookkeeping
-    eval_every: int = field(default=250, metadata=_h("validate every N optimizer steps (and at the end)"))
-    eval_tokens: int = field(default=65536, metadata=_h("validation tokens per periodic evaluation"))
+    eval_every: int = field(
+        default=250, metadata=_h("validate every N optimizer steps (and at the end)", check=positive_int)
+    )
+    eval_tokens: int = field(
+        default=65536, metadata=_h("validation tokens per periodic evaluation", check=positive_int)
+    )
     final_eval_tokens: int | None = field(
-        default=None, metadata=_h("tokens of the final evaluation (None=all)")
+        default=None, metadata=_h("tokens of the final evaluation (None=all)", check=positive_int)
     )
     checkpoint_every: int = field(
-        default=500, metadata=_h("checkpoint every N optimizer steps (and at the end)")
+        default=500, metadata=_h("checkpoint every N optimizer steps (and at the end)", check=positive_int)
     )
-    log_every: int = field(default=10, metadata=_h("write a train record every N optimizer steps"))
+    log_every: int = field(
+        default=10, metadata=_h("write a train record every N optimizer steps", check=positive_int)
+    )
     progress: bool = field(default=True, metadata=_h("progress bar (only when stderr is a terminal)"))
     amp: str = field(default="auto", metadata=_h("auto (bf16 on GPU, off on CPU) | bf16 | none"))
     compile: bool = field(default=False, metadata=_h("torch.compile the training model"))
     device: str = field(default="auto", metadata=_h("auto | cpu | cuda"))
-    threads: int | None = field(default=None, metadata=_h("torch CPU threads (None = torch's default)"))
+    threads: int | None = field(
+        default=None, metadata=_h("torch CPU threads (None = torch's default)", check=positive_int)
+    )
 
 
 SIZES = ("tiny", "125m", "350m")
@@ -198,17 +251,7 @@ def resolve_lm_config(cfg: LMTrainConfig) -> LMTrainConfig:
         raise InputError(f"model_kwargs must not set {', '.join(repeated)}: each has a key of its own")
     # the model's own checks (e.g. a pattern that does not divide the depth) before any data is read
     model_config = _model_config(cfg)
-    for name in (
-        "steps",
-        "batch_size",
-        "grad_accum",
-        "seq_len",
-        "eval_every",
-        "checkpoint_every",
-        "log_every",
-    ):
-        if getattr(cfg, name) < 1:
-            raise InputError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    check_config(cfg)  # every numeric key in its range (steps, batch_size, lr, betas, ...)
     if cfg.lr is None:
         cfg.lr = 1e-3 if cfg.model == "tiny" else 3e-4
     if cfg.output is None:
@@ -498,7 +541,7 @@ def _check_run_folder(run_dir: Path, cfg: LMTrainConfig) -> None:
 
 def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
     """Train (or resume) one SLAB-LM run; returns the summary written to summary.json (on rank 0)."""
-    from slab_edge.io import check_writable_dir
+    from slab_edge.io import check_output
     from slab_edge.layers.norms import advance_progressive_norms, current_mix_weight, set_progressive_schedule
 
     cfg = resolve_lm_config(cfg)
@@ -517,10 +560,7 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
         corpus = load_corpus(tokenizer, cfg.corpus, cfg.val_fraction, cfg.max_corpus_bytes)
         _check_corpus_sizes(corpus, cfg)
         if is_main:
-            check_writable_dir(run_dir)
-            if isinstance(tokenizer, BPETokenizer):
-                tokenizer.save(run_dir)
-        barrier(dist)
+            check_output(run_dir, folder=True, label="run folder")  # created by the first file written
         train_tokens = torch.from_numpy(corpus.train)
         val_tokens = torch.from_numpy(corpus.val)
         byte_lengths = torch.from_numpy(token_byte_lengths(tokenizer))
@@ -563,8 +603,11 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
             batches_drawn = int(ckpt.state.get("batches_drawn", step))
             if dist.rank < len(ckpt.rng_states):
                 restore_rng_state(*ckpt.rng_states[dist.rank])
-        if is_main:
+        if is_main:  # every check has passed: the run folder appears now
+            if isinstance(tokenizer, BPETokenizer):
+                tokenizer.save(run_dir)
             save_config(cfg, run_dir, header="slab-edge train-lm: resolved config (reuse with --config)")
+        barrier(dist)
 
         train_model = wrap_ddp(model, dist)
         if cfg.compile:

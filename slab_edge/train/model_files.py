@@ -31,6 +31,7 @@ from slab_edge.errors import CheckpointError, InputError
 from slab_edge.train.checkpoint import (
     check_model_identity,
     load_checkpoint,
+    read_manifest,
     read_safetensors,
     resolve_checkpoint,
     write_safetensors,
@@ -39,6 +40,7 @@ from slab_edge.train.checkpoint import (
 __all__ = [
     "MODEL_FORMAT",
     "build_model",
+    "checkpoint_files",
     "resolve_name",
     "load_model",
     "model_meta",
@@ -145,6 +147,26 @@ def resolve_model_file(path: str | Path, prefer: str = "deploy") -> tuple[str, P
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     return "file", path
+
+
+def checkpoint_files(path: str | Path, prefer: str = "deploy", ema: bool = False) -> list[tuple[str, Path]]:
+    """(label, path) of every file `load_model(path, ...)` reads: an output must be none of them.
+
+    A path that does not resolve gives only itself (`load_model` then says what is wrong with it).
+    """
+    files = [("--checkpoint", Path(path))]
+    try:
+        if ema and Path(path).is_dir():
+            kind, resolved = "manifest", resolve_checkpoint(path)
+        else:
+            kind, resolved = resolve_model_file(path, prefer)
+        files.append(("checkpoint file", resolved))
+        if kind == "manifest":
+            entries = read_manifest(resolved)["files"].values()
+            files += [("checkpoint file", resolved.parent / entry["file"]) for entry in entries]
+    except CheckpointError:
+        pass
+    return files
 
 
 def load_model(

@@ -12,6 +12,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from slab_edge.commands.argtypes import (
+    float_range,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from slab_edge.train.config import build_config
 
 __all__ = ["DATA_RECIPES", "FAMILY_RECIPES", "TrainConfig", "recipe_for", "resolve_train_config"]
@@ -19,6 +27,10 @@ __all__ = ["DATA_RECIPES", "FAMILY_RECIPES", "TrainConfig", "recipe_for", "resol
 
 def _h(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
+
+
+_UNIT_OPEN = float_range(0, 1, high_open=True)  #: betas, momentum, drop path, label smoothing: 1 breaks them
+_CROP_PCT = float_range(0, 1.5, low_open=True)  #: what the runtime's EvalTransform accepts
 
 
 @dataclass
@@ -37,94 +49,151 @@ class TrainConfig:
     output: str | None = field(default=None, metadata=_h("run folder (default runs/<model>-<data>)"))
     overwrite: bool = field(default=False, metadata=_h("reuse an output folder that already holds a run"))
     seed: int = field(
-        default=0, metadata=_h("seed for weights, data order (with the epoch) and augmentation")
+        default=0,
+        metadata=_h("seed for weights, data order (with the epoch) and augmentation", check=non_negative_int),
     )
     # schedule
-    epochs: int = field(default=300, metadata=_h("training epochs"))
+    epochs: int = field(default=300, metadata=_h("training epochs", check=positive_int))
     max_steps: int | None = field(
-        default=None, metadata=_h("cap the run at N updates (schedules fit the shorter run)")
+        default=None,
+        metadata=_h("cap the run at N updates (schedules fit the shorter run)", check=positive_int),
     )
-    batch_size: int = field(default=128, metadata=_h("images per process per forward"))
-    grad_accum: int = field(default=1, metadata=_h("forwards per optimizer step"))
+    batch_size: int = field(default=128, metadata=_h("images per process per forward", check=positive_int))
+    grad_accum: int = field(default=1, metadata=_h("forwards per optimizer step", check=positive_int))
     lr: float | None = field(
-        default=None, metadata=_h("peak lr; None = base_lr * global batch / lr_base_size")
+        default=None,
+        metadata=_h("peak lr; None = base_lr * global batch / lr_base_size", check=positive_float),
     )
-    base_lr: float = field(default=5e-4, metadata=_h("lr per lr_base_size images of global batch"))
-    lr_base_size: int = field(default=512, metadata=_h("batch size base_lr is quoted for"))
-    min_lr: float = field(default=5e-6, metadata=_h("cosine floor"))
-    warmup_lr: float = field(default=5e-7, metadata=_h("lr at the first step of warm-up"))
-    warmup_epochs: float = field(default=20, metadata=_h("linear warm-up length (epochs, may be fractional)"))
-    cooldown_epochs: float = field(default=0, metadata=_h("epochs at min_lr after the cosine"))
+    base_lr: float = field(
+        default=5e-4, metadata=_h("lr per lr_base_size images of global batch", check=positive_float)
+    )
+    lr_base_size: int = field(
+        default=512, metadata=_h("batch size base_lr is quoted for", check=positive_int)
+    )
+    min_lr: float = field(default=5e-6, metadata=_h("cosine floor", check=non_negative_float))
+    warmup_lr: float = field(
+        default=5e-7, metadata=_h("lr at the first step of warm-up", check=non_negative_float)
+    )
+    warmup_epochs: float = field(
+        default=20, metadata=_h("linear warm-up length (epochs, may be fractional)", check=non_negative_float)
+    )
+    cooldown_epochs: float = field(
+        default=0, metadata=_h("epochs at min_lr after the cosine", check=non_negative_float)
+    )
     sched: str = field(default="cosine", metadata=_h("timm scheduler name, stepped per optimizer step"))
     opt: str = field(default="adamw", metadata=_h("timm optimizer name"))
-    opt_eps: float = field(default=1e-8, metadata=_h("optimizer epsilon"))
-    opt_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=_h("Adam betas"))
-    momentum: float = field(default=0.9, metadata=_h("SGD momentum (for opt=sgd)"))
-    weight_decay: float = field(default=0.05, metadata=_h("decoupled weight decay (not on norms/biases)"))
-    clip_grad: float | None = field(default=5.0, metadata=_h("clip the gradient norm to this (None = off)"))
-    drop_path: float | None = field(default=None, metadata=_h("stochastic depth rate (None = model default)"))
+    opt_eps: float = field(default=1e-8, metadata=_h("optimizer epsilon", check=positive_float))
+    opt_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=_h("Adam betas", check=_UNIT_OPEN))
+    momentum: float = field(default=0.9, metadata=_h("SGD momentum (for opt=sgd)", check=_UNIT_OPEN))
+    weight_decay: float = field(
+        default=0.05, metadata=_h("decoupled weight decay (not on norms/biases)", check=non_negative_float)
+    )
+    clip_grad: float | None = field(
+        default=5.0, metadata=_h("clip the gradient norm to this (None = off)", check=positive_float)
+    )
+    drop_path: float | None = field(
+        default=None, metadata=_h("stochastic depth rate (None = model default)", check=_UNIT_OPEN)
+    )
     # progressive norm
     prepbn_decay: float | None = field(
         default=None,
-        metadata=_h("LN->RepBN decay T: steps if >= 1, fraction of total steps if < 1, 0 = RepBN at once"),
+        metadata=_h(
+            "LN->RepBN decay T: steps if >= 1, fraction of total steps if < 1, 0 = RepBN at once",
+            check=non_negative_float,
+        ),
     )
     prepbn_warmup: float | None = field(
-        default=None, metadata=_h("LN-only steps before the decay (same units)")
+        default=None, metadata=_h("LN-only steps before the decay (same units)", check=non_negative_float)
     )
     nonfinite_patience: int = field(
-        default=20, metadata=_h("stop after this many non-finite updates in a row")
+        default=20, metadata=_h("stop after this many non-finite updates in a row", check=non_negative_int)
     )
     # data and augmentation
-    input_size: int | None = field(default=None, metadata=_h("image side (None = the model's)"))
-    mean: tuple[float, ...] | None = field(default=None, metadata=_h("normalisation mean (None = model's)"))
-    std: tuple[float, ...] | None = field(default=None, metadata=_h("normalisation std (None = model's)"))
-    interpolation: str = field(default="bicubic", metadata=_h("resize filter"))
-    crop_pct: float = field(default=0.875, metadata=_h("eval centre-crop fraction (224/256)"))
-    scale: tuple[float, float] = field(default=(0.08, 1.0), metadata=_h("random-resized-crop area range"))
-    ratio: tuple[float, float] = field(
-        default=(0.75, 1.3333), metadata=_h("random-resized-crop aspect range")
+    input_size: int | None = field(
+        default=None, metadata=_h("image side (None = the model's)", check=positive_int)
     )
-    hflip: float = field(default=0.5, metadata=_h("horizontal flip probability"))
-    color_jitter: float = field(default=0.4, metadata=_h("colour jitter strength"))
+    mean: tuple[float, ...] | None = field(
+        default=None, metadata=_h("normalisation mean (None = model's)", check=probability)
+    )
+    std: tuple[float, ...] | None = field(
+        default=None, metadata=_h("normalisation std (None = model's)", check=positive_float)
+    )
+    interpolation: str = field(default="bicubic", metadata=_h("resize filter"))
+    crop_pct: float = field(
+        default=0.875, metadata=_h("eval centre-crop fraction (224/256)", check=_CROP_PCT)
+    )
+    scale: tuple[float, float] = field(
+        default=(0.08, 1.0),
+        metadata=_h("random-resized-crop area range", check=float_range(0, 1, low_open=True)),
+    )
+    ratio: tuple[float, float] = field(
+        default=(0.75, 1.3333), metadata=_h("random-resized-crop aspect range", check=positive_float)
+    )
+    hflip: float = field(default=0.5, metadata=_h("horizontal flip probability", check=probability))
+    color_jitter: float = field(default=0.4, metadata=_h("colour jitter strength", check=non_negative_float))
     aa: str | None = field(default="rand-m9-mstd0.5-inc1", metadata=_h("timm auto-augment spec (None = off)"))
-    reprob: float = field(default=0.25, metadata=_h("random erasing probability"))
+    reprob: float = field(default=0.25, metadata=_h("random erasing probability", check=probability))
     remode: str = field(default="pixel", metadata=_h("random erasing fill mode"))
-    recount: int = field(default=1, metadata=_h("random erasing count"))
-    mixup: float = field(default=0.8, metadata=_h("mixup alpha (0 = off)"))
-    cutmix: float = field(default=1.0, metadata=_h("cutmix alpha (0 = off)"))
-    mixup_prob: float = field(default=1.0, metadata=_h("probability of mixing a batch"))
-    mixup_switch_prob: float = field(default=0.5, metadata=_h("probability of cutmix instead of mixup"))
+    recount: int = field(default=1, metadata=_h("random erasing count", check=positive_int))
+    mixup: float = field(default=0.8, metadata=_h("mixup alpha (0 = off)", check=non_negative_float))
+    cutmix: float = field(default=1.0, metadata=_h("cutmix alpha (0 = off)", check=non_negative_float))
+    mixup_prob: float = field(default=1.0, metadata=_h("probability of mixing a batch", check=probability))
+    mixup_switch_prob: float = field(
+        default=0.5, metadata=_h("probability of cutmix instead of mixup", check=probability)
+    )
     mixup_mode: str = field(default="batch", metadata=_h("batch | pair | elem"))
-    smoothing: float = field(default=0.1, metadata=_h("label smoothing"))
-    num_workers: int = field(default=8, metadata=_h("data loader processes per rank (0 = exact resume)"))
-    val_batch_size: int | None = field(default=None, metadata=_h("evaluation batch (None = 2 x batch_size)"))
-    synthetic_images: int = field(default=12_800, metadata=_h("images per epoch for data=synthetic"))
-    synthetic_classes: int = field(default=1000, metadata=_h("classes for data=synthetic"))
+    smoothing: float = field(default=0.1, metadata=_h("label smoothing", check=_UNIT_OPEN))
+    num_workers: int = field(
+        default=8, metadata=_h("data loader processes per rank (0 = exact resume)", check=non_negative_int)
+    )
+    val_batch_size: int | None = field(
+        default=None, metadata=_h("evaluation batch (None = 2 x batch_size)", check=positive_int)
+    )
+    synthetic_images: int = field(
+        default=12_800, metadata=_h("images per epoch for data=synthetic", check=positive_int)
+    )
+    synthetic_classes: int = field(
+        default=1000, metadata=_h("classes for data=synthetic", check=positive_int)
+    )
     # model averaging, precision, speed
     ema: bool = field(default=False, metadata=_h("keep a timm ModelEmaV3 of the weights"))
-    ema_decay: float = field(default=0.9999, metadata=_h("EMA decay per optimizer step"))
+    ema_decay: float = field(
+        default=0.9999,
+        metadata=_h("EMA decay per optimizer step", check=float_range(0, 1, low_open=True, high_open=True)),
+    )
     amp: str = field(default="auto", metadata=_h("auto (bf16 on GPU, off on CPU) | bf16 | none"))
     compile: bool = field(default=False, metadata=_h("torch.compile the training model"))
     device: str = field(default="auto", metadata=_h("auto | cpu | cuda"))
     threads: int | None = field(
-        default=None, metadata=_h("torch CPU threads (None = torch default; 1 on a shared, busy CPU)")
+        default=None,
+        metadata=_h("torch CPU threads (None = torch default; 1 on a shared, busy CPU)", check=positive_int),
     )
     deterministic: bool | None = field(
         default=None, metadata=_h("torch.use_deterministic_algorithms (None = on for CPU, off for GPU)")
     )
     # bookkeeping
     checkpoint_every: int = field(
-        default=0, metadata=_h("also checkpoint every N optimizer steps (0 = epochs)")
+        default=0, metadata=_h("also checkpoint every N optimizer steps (0 = epochs)", check=non_negative_int)
     )
-    eval_every: int = field(default=1, metadata=_h("evaluate every N epochs (and at the end)"))
-    log_every: int = field(default=20, metadata=_h("write a train record every N optimizer steps"))
+    eval_every: int = field(
+        default=1, metadata=_h("evaluate every N epochs (and at the end)", check=non_negative_int)
+    )
+    log_every: int = field(
+        default=20, metadata=_h("write a train record every N optimizer steps", check=positive_int)
+    )
     progress: bool = field(default=True, metadata=_h("progress bar (only when stderr is a terminal)"))
     plot: bool = field(default=True, metadata=_h("draw metrics.png at every epoch end and at the end"))
     # after training
-    recal_epochs: float = field(default=0, metadata=_h("BN recalibration passes over the train set (frozen)"))
-    recal_steps: int = field(default=0, metadata=_h("BN recalibration batches (adds to recal_epochs)"))
+    recal_epochs: float = field(
+        default=0,
+        metadata=_h("BN recalibration passes over the train set (frozen)", check=non_negative_float),
+    )
+    recal_steps: int = field(
+        default=0, metadata=_h("BN recalibration batches (adds to recal_epochs)", check=non_negative_int)
+    )
     recal_momentum: float | None = field(
-        default=None, metadata=_h("BN momentum while recalibrating (None = mean)")
+        default=None,
+        metadata=_h("BN momentum while recalibrating (None = mean)", check=float_range(0, 1, low_open=True)),
     )
     deploy: bool = field(default=True, metadata=_h("fold the final model and write deploy.safetensors"))
     deploy_source: str = field(

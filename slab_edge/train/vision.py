@@ -40,8 +40,9 @@ import torch
 from torch import nn
 
 from slab_edge.errors import CheckpointError, InputError, SlabEdgeError
-from slab_edge.io import atomic_write_json, check_writable_dir
+from slab_edge.io import atomic_write_json, check_output
 from slab_edge.layers.norms import advance_progressive_norms, current_mix_weight, set_progressive_schedule
+from slab_edge.layers.reparam import fold_metadata
 from slab_edge.train.checkpoint import (
     CHECKPOINT_DIR,
     capture_rng_state,
@@ -53,7 +54,7 @@ from slab_edge.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from slab_edge.train.config import config_to_dict, save_config
+from slab_edge.train.config import check_config, config_to_dict, save_config
 from slab_edge.train.data import DataBundle, ResumableSampler, ShardSampler, build_data, data_classes
 from slab_edge.train.distributed import (
     DistInfo,
@@ -264,11 +265,12 @@ class _Run:
 
     # ----------------------------------------------------------------------------------------- setup
     def check_output(self) -> None:
-        """Rank 0 validates the run folder; every rank raises the same error."""
+        """Rank 0 validates the run folder; every rank raises the same error. Nothing is created here: the
+        folder appears with the first file written, once every check of `setup` has passed."""
         problem = None
         if self.info.is_main:
             try:
-                check_writable_dir(self.run_dir)
+                check_output(self.run_dir, folder=True, label="run folder")
                 last = self.ckpt_dir / "last.json"
                 if self.resume_path is None and last.exists() and not self.cfg.overwrite:
                     problem = (
@@ -831,7 +833,7 @@ def _final_phase(run: _Run) -> TrainResult:
                 meta = {
                     **run.meta,
                     "deploy": True,
-                    "folded": True,
+                    **fold_metadata(fin["folded"], fin["model"]),
                     "metrics": {"acc": fin["folded_eval"].get("acc"), "acc_unfolded": fin["eval"].get("acc")},
                 }
                 deploy_path = save_model_file(run.run_dir / DEPLOY_FILE, fin["folded"], meta)
@@ -898,6 +900,7 @@ def train_vision(
     Raises:
         SlabEdgeError (InputError, CheckpointError, NonFiniteError): bad input or a run that cannot go on.
     """
+    check_config(cfg)  # a config built in code skipped build_config's range checks
     info = init_distributed(cfg.device)
     deterministic = cfg.deterministic if cfg.deterministic is not None else info.device.type == "cpu"
     threads = torch.get_num_threads()

@@ -11,6 +11,7 @@ import torch
 from _export_helpers import randomize
 
 from slab_edge.cli import main
+from slab_edge.export.checkpoint import state_dict_sha256
 from slab_edge.export.onnx_export import ort_session, parity_inputs, torch_logits
 from slab_edge.runtime.metadata import decode_metadata
 
@@ -71,6 +72,11 @@ def test_export_training_checkpoint_all_precisions(training_checkpoint, tmp_path
     meta = _meta(out)
     assert meta["model"] == NAME and meta["labels"] == LABELS and meta["input_size"] == [3, 32, 32]
     assert meta["mean"] == [0.5] * 3 and meta["crop_pct"] == 1.0 and meta["folded"] is True
+    assert meta["folded_norms"] == 3 and meta["unfolded_norms"] == {}  # norm1, norm2, the final norm
+    assert meta["weights"] == "checkpoint" and meta["weights_sha256"] == state_dict_sha256(
+        trained.state_dict()
+    )
+    assert "random" not in captured.err
     assert _meta(tmp_path / "digits.int8.onnx")["precision"] == "int8"
     # the folded export computes what the *unfolded* trained model computes
     x = parity_inputs(meta, batch=2)["digits"]
@@ -164,3 +170,29 @@ def test_heldout_accuracy_table(training_checkpoint, tmp_path):
     assert rows[1].agree_with_torch == 100.0 and rows[1].max_abs_vs_torch <= 1e-4
     assert rows[1].accuracy == rows[0].accuracy
     assert "held-out digits" in format_table(rows)
+
+
+def test_random_layernorm_export_says_random_and_unfolded(tmp_path, capsys):
+    """No checkpoint: the metadata says weights: random (and a warning says so); a LayerNorm model exports
+    with folded: false and its LayerNorms counted, not as 'folded'."""
+    out = tmp_path / "ln.onnx"
+    code = main(["export", "deit_digits", "--model-kwargs", json.dumps(KWARGS), "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "random init, folded 0 norms; left unfolded: 3 LayerNorm" in captured.out
+    assert "warning: no --checkpoint: the export holds randomly initialised weights" in captured.err
+    meta = _meta(out)
+    assert meta["weights"] == "random" and "weights_sha256" not in meta
+    assert (
+        meta["folded"] is False and meta["unfolded_norms"] == {"LayerNorm": 3} and meta["folded_norms"] == 0
+    )
+    layer_norms = [n for n in onnx.load(str(out)).graph.node if n.op_type == "LayerNormalization"]
+    assert len(layer_norms) == 3  # the graph holds what the metadata says
+
+
+def test_state_dict_digest_follows_the_weights_not_the_file():
+    a = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
+    b = {"b": torch.zeros(3), "w": torch.ones(2, 3).clone()}
+    assert state_dict_sha256(a) == state_dict_sha256(b)
+    assert state_dict_sha256(a) != state_dict_sha256({**a, "w": torch.ones(3, 2)})  # shape counts
+    assert state_dict_sha256(a) != state_dict_sha256({**a, "b": torch.zeros(3, dtype=torch.float16)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import pytest
@@ -11,9 +13,11 @@ from _export_helpers import LMExports, check_long_prompt_and_continuation
 from slab_edge import cli
 from slab_edge.data.text_tokenizer import train_bpe
 from slab_edge.errors import InputError
+from slab_edge.export.checkpoint import state_dict_sha256
 from slab_edge.export.lm import LOGIT_TOLERANCE, export_lm
 from slab_edge.models.slab_lm import create_slab_lm
 from slab_edge.runtime.generate import open_lm
+from slab_edge.train.lm import load_lm
 
 #: (attention, norm); "sla-LLLS" is the 3:1 sla:softmax hybrid over 4 layers (recurrent states + a KV cache)
 VARIANTS = [("sla", "prepbn"), ("gla", "prepbn"), ("softmax", "rmsnorm"), ("sla-LLLS", "prepbn")]
@@ -79,7 +83,9 @@ def test_graphs_carry_the_state_layout_and_no_batchnorm(exports, attention, norm
         with open_lm(out) as lm:
             meta = lm.prefill_session.metadata if task == "lm-prefill" else lm.decode_session.metadata
         assert meta["task"] == task and meta["tokenizer"] == "byte" and meta["vocab_size"] == 256
-        assert meta["folded"] is True
+        left = Counter(type(model.get_submodule(n)).__name__ for n in model.unfoldable_norms)  # RMSNorms
+        assert meta["unfolded_norms"] == dict(left) and meta["folded"] is (not left)
+        assert meta["weights"] == "module"
         assert meta["max_prompt_len"] == (None if task == "lm-prefill" else 1)
         assert [e["input"] for e in meta["state_layout"]] == expected
 
@@ -186,6 +192,11 @@ def test_cli_train_export_generate_a_hybrid(tmp_path, capsys):
     assert "64/64 tokens identical" in log
     with open_lm(run / "onnx") as lm:
         assert lm.metadata["model"] == "slab_lm_tiny_gla-LS_rmsnorm"
+        # trained weights, named by digest; RMSNorms (and GLA's output norm) cannot fold: folded is false
+        assert lm.metadata["weights"] == "checkpoint"
+        assert lm.metadata["weights_sha256"] == state_dict_sha256(load_lm(run)[0].state_dict())
+        assert lm.metadata["folded"] is False and lm.metadata["folded_norms"] == 0
+        assert lm.metadata["unfolded_norms"] == {"RMSNorm": 6}  # 2 layers x (norm1, norm2), g_norm, final
         assert [s.input for s in lm.layout] == ["past.0.S", "past.1.k_cache", "past.1.v_cache"]
     argv = ["generate", str(run / "onnx"), "--prompt", "import os", "--max-new-tokens", "8", "--threads", "1"]
     assert cli.main(argv) == 0

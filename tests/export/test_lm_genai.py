@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,7 @@ STATE_SHAPES = {
 
 @pytest.mark.parametrize("attention", sorted(STATE_SHAPES))
 def test_folder_holds_one_folded_graph_in_genai_names(genai_exports, attention):
-    _, report, folder = genai_exports.get(attention, "prepbn")
+    model, report, folder = genai_exports.get(attention, "prepbn")
     assert sorted(p.name for p in folder.iterdir()) == sorted(report.files)
     assert sorted(report.files) == [
         "genai_config.json",
@@ -139,7 +140,9 @@ def test_folder_holds_one_folded_graph_in_genai_names(genai_exports, attention):
     proto = onnx.load(str(folder / "model.onnx"))
     assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
     assert [i.name for i in proto.graph.input][0] == "input_ids"  # no attention_mask / position_ids
-    assert info.metadata["task"] == "lm-genai" and info.metadata["folded"] is True
+    assert info.metadata["task"] == "lm-genai"
+    left = Counter(type(model.get_submodule(n)).__name__ for n in model.unfoldable_norms)  # GLA's g_norm
+    assert info.metadata["unfolded_norms"] == dict(left) and info.metadata["folded"] is (not left)
 
 
 def test_sla_recurrent_state_is_s_with_z_as_its_last_column(genai_exports):

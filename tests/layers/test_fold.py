@@ -11,6 +11,8 @@ from slab_edge.layers.reparam import (
     FoldCheckError,
     absorb_into_following,
     absorb_into_preceding,
+    describe_fold,
+    fold_metadata,
     remaining_norms,
     reparameterize_model,
 )
@@ -99,3 +101,28 @@ def test_fold_check_names_the_norm_left_behind():
         raise AssertionError("an unfoldable LayerNorm must fail the fold check")
     model.unfoldable_norms = ("1",)
     reparameterize_model(model)
+
+
+def test_fold_metadata_says_what_was_folded_and_what_is_left():
+    model = nn.Sequential(_Block(8, 0), _Block(8, 1)).eval()
+    folded = reparameterize_model(model)
+    assert fold_metadata(folded, model) == {"folded": True, "unfolded_norms": {}, "folded_norms": 2}
+    assert describe_fold(fold_metadata(folded, model)) == "folded 2 norms"
+    # a model that keeps norms by design (declared unfoldable): the fold passes, but the file must say so
+    mixed = nn.Sequential(_Block(8, 0), nn.LayerNorm(8), nn.Linear(8, 8), nn.LayerNorm(8)).eval()
+    mixed.unfoldable_norms = ("1", "3")
+    meta = fold_metadata(reparameterize_model(mixed), mixed)
+    assert meta == {"folded": False, "unfolded_norms": {"LayerNorm": 2}, "folded_norms": 1}
+    assert describe_fold(meta) == "folded 1 norm; left unfolded: 2 LayerNorm"
+    assert fold_metadata(mixed) == {"folded": False, "unfolded_norms": {"LayerNorm": 2, "ProgressiveNorm": 1}}
+
+
+def test_a_layernorm_zoo_model_is_not_reported_folded():
+    """deit_digits (the LayerNorm baseline) folds without error, keeping every norm: folded is false."""
+    from slab_edge.models import create_model
+
+    for name, expect in (("deit_digits", {"LayerNorm": 3}), ("slab_deit_digits", {})):
+        model = create_model(name, embed_dim=24, depth=1).eval()
+        meta = fold_metadata(reparameterize_model(model), model)
+        assert meta["unfolded_norms"] == expect and meta["folded"] is (not expect)
+        assert meta["folded_norms"] == 3 - sum(expect.values())  # norm1, norm2 and the final norm

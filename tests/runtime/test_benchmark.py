@@ -106,8 +106,8 @@ def test_cli_table(tiny_onnx, capsys):
     ("extra", "message"),
     [
         (["{m}", "{m}", "{m}"], "one or two models"),
-        (["{m}", "--batch", "0"], "--batch must be >= 1"),
-        (["{m}", "--iters", "0"], "iters must be >= 1"),
+        (["{m}", "--batch", "0"], "argument --batch: must be a positive integer, got 0"),
+        (["{m}", "--iters", "0"], "argument --iters: must be a positive integer, got 0"),
         (["{m}", "{m}", "--names", "x", "x"], "distinct name"),
         (["{f}", "--batch", "2"], "fixed batch of 1"),
         (["{m}.missing.onnx"], "not found"),
@@ -134,3 +134,13 @@ def test_provider_options_reach_onnxruntime_load(tiny_onnx):
     assert session_options(args, str(tiny_onnx))["provider_options"] == {"use_tf32": "0", "device_id": "1"}
     assert "provider_options" not in session_options(parser.parse_args([]), str(tiny_onnx))
     assert "provider_options" not in session_options(args, "model.engine")
+
+
+def test_cli_refuses_to_overwrite_a_model_with_its_report(tiny_onnx, tiny_onnx_b2, tmp_path, capsys):
+    """--output naming a benchmarked model used to replace it with the JSON report."""
+    import shutil
+
+    b = shutil.copy(tiny_onnx_b2, tmp_path / "b.onnx")
+    before = b.read_bytes()
+    assert cli.main(["bench", str(tiny_onnx), str(b), "--iters", "1", "--output", str(b)]) == 2
+    assert "would overwrite the model" in capsys.readouterr().err and b.read_bytes() == before

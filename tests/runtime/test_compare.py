@@ -89,7 +89,7 @@ def test_cli_loose_tolerance_passes(tmp_path, tiny_onnx, capsys):
     [
         (["{m}"], "needs two backends"),
         (["{m}", "{m}", "--checkpoint", "x.pt"], "--checkpoint belongs to --torch"),
-        (["{m}", "{m}", "--random", "0"], "--random must be >= 1"),
+        (["{m}", "{m}", "--random", "0"], "argument --random: must be a positive integer, got 0"),
         (["{m}", "--torch", "slab_deit_tiny_patch16_224", "--model-kwargs", "[bad"], "not valid JSON"),
     ],
 )

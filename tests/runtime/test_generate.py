@@ -149,7 +149,7 @@ def test_cli_streams_text_and_reports_tokens_per_second(toy_dir, capsys):
     "argv, message",
     [
         (["--prompt", ""], "empty prompt"),
-        (["--prompt", "x", "--top-p", "2"], "top_p"),
+        (["--prompt", "x", "--top-p", "2"], "argument --top-p: must be a number in (0, 1], got 2"),
         (["--prompt", "x", "--tokenizer", "missing.json"], "not found"),
     ],
 )

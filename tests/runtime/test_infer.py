@@ -130,7 +130,7 @@ def test_cli_json_and_output_file(tiny_onnx, image_dir, tmp_path, capsys):
         (["{model}", "{dir}", "--strict"], "broken.jpg"),
         (["{model}", "{dir}/nothing.png"], "no such image"),
         (["{dir}/a.png", "{dir}"], "unknown model file type '.png'"),
-        (["{model}", "{dir}", "--top-k", "0"], "--top-k must be >= 1"),
+        (["{model}", "{dir}", "--top-k", "0"], "argument --top-k: must be a positive integer, got 0"),
         (["{model}", "{dir}", "--provider", "cuda"], "CUDAExecutionProvider is not available"),
     ],
 )
@@ -152,3 +152,18 @@ def test_cli_writes_nothing_on_error(tiny_onnx, image_dir, tmp_path, capsys):
     target = out_dir / "result.json"
     assert cli.main(["infer", str(tiny_onnx), str(image_dir), "--strict", "--output", str(target)]) == 2
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", ["model", "image"])
+def test_cli_refuses_to_overwrite_an_input_with_its_json(tiny_onnx, image_dir, tmp_path, capsys, target):
+    """--output naming the model (or an image) used to replace it with the JSON report."""
+    import shutil
+
+    model = shutil.copy(tiny_onnx, tmp_path / "model.onnx")
+    image = image_dir / "a.png"
+    victim = model if target == "model" else image
+    before = victim.read_bytes()
+    assert cli.main(["infer", str(model), str(image), "--output", str(victim)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"would overwrite the {target}" in err[0]
+    assert victim.read_bytes() == before

@@ -182,3 +182,27 @@ def test_cli_print_config_resolves_size_defaults(capsys):
     assert cli.main(["train-lm", "--model", "125M", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["model"] == "125m" and cfg["lr"] == 3e-4 and cfg["weight_decay"] == 0.01
+
+
+def test_failure_after_the_data_checks_leaves_no_run_folder(tmp_path, monkeypatch):
+    """The run folder (and a BPE tokenizer in it) appears only once the model and optimizer are built."""
+    from slab_edge.train import lm
+
+    def broken_optimizer(model, cfg):
+        raise InputError("optimizer refused")
+
+    monkeypatch.setattr(lm, "_optimizer", broken_optimizer)
+    with pytest.raises(InputError, match="optimizer refused"):
+        train_lm(config(tmp_path, "runs/x", steps=1, tokenizer="bpe", bpe_vocab=300))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_range_keys_fail_before_anything_is_written(tmp_path, capsys):
+    argv = ["train-lm", "--output", str(tmp_path / "run"), "--steps", "1", "--no-progress"]
+    for bad in (["--lr", "-1"], ["--opt-betas", "2,3"], ["--threads", "0"], ["--set", "clip_grad=-1"]):
+        assert cli.main([*argv, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "must be" in err, err
+    with pytest.raises(InputError, match="'weight_decay' must be a number >= 0, got -1"):
+        train_lm(config(tmp_path, weight_decay=-1.0))
+    assert list(tmp_path.iterdir()) == []

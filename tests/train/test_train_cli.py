@@ -107,7 +107,7 @@ def test_recalibrate_then_fold_commands(trained, tmp_path, capsys):
     [
         (["train", "--data", "/nonexistent/imagenet"], "dataset folder /nonexistent/imagenet does not exist"),
         (["train", "--model", "slab_deit_tinny_patch16_224"], "unknown model 'slab_deit_tinny_patch16_224'"),
-        (["train", "--epochs", "many"], "'epochs' expects int"),
+        (["train", "--epochs", "many"], "argument --epochs: expects int, got 'many'"),
         (["evaluate", "--checkpoint", "/nonexistent/run"], "does not exist"),
     ],
 )
@@ -125,7 +125,7 @@ def test_unwritable_output_folder(tmp_path, capsys):
     argv = ["train", *_argv({**TINY, "output": str(blocker / "run")})]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is not writable" in err
+    assert len(err.splitlines()) == 1 and "a_file is a file, so" in err and "cannot be created" in err
 
 
 def test_image_folder_with_an_empty_class(tmp_path, capsys):
@@ -176,3 +176,54 @@ def test_imagenet_style_recipe_on_an_image_folder(tmp_path, capsys):
 def test_ema_needs_a_training_checkpoint(trained, capsys):
     assert cli_main(["evaluate", "--checkpoint", str(trained / "final.safetensors"), "--ema"]) == 2
     assert "EMA weights live in training checkpoints" in capsys.readouterr().err
+
+
+def _layernorm_model_file(path):
+    """A deit_digits (LayerNorm baseline, nothing foldable) model file as `slab-edge train` writes it."""
+    from slab_edge.models import create_model
+    from slab_edge.train.model_files import model_meta, save_model_file
+
+    kwargs = {"embed_dim": 24, "depth": 1}
+    data = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}
+    model = create_model("deit_digits", **kwargs)
+    return save_model_file(
+        path, model, model_meta("deit_digits", kwargs, 10, data, [str(i) for i in range(10)])
+    )
+
+
+def test_fold_of_a_layernorm_model_says_nothing_folded(tmp_path, capsys):
+    from slab_edge.train.checkpoint import read_safetensors
+
+    source = _layernorm_model_file(tmp_path / "ln.safetensors")
+    out = tmp_path / "deploy.safetensors"
+    assert cli_main(["fold", "--checkpoint", str(source), "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "folded 0 norms; left unfolded: 3 LayerNorm" in captured.out
+    assert "warning: deit_digits keeps norms that cannot fold (3 LayerNorm)" in captured.err
+    _, meta = read_safetensors(out)
+    assert meta["deploy"] is True and meta["folded"] is False
+    assert meta["folded_norms"] == 0 and meta["unfolded_norms"] == {"LayerNorm": 3}
+    assert cli_main(["evaluate", "--checkpoint", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["deploy"] is True and res["folded"] is False and res["unfolded_norms"] == {"LayerNorm": 3}
+
+
+def test_fold_of_a_prepbn_model_counts_its_folded_norms(trained, tmp_path, capsys):
+    from slab_edge.train.checkpoint import read_safetensors
+
+    out = tmp_path / "deploy.safetensors"
+    assert cli_main(["fold", "--checkpoint", str(trained), "--output", str(out)]) == 0
+    assert "folded 3 norms ->" in capsys.readouterr().out  # norm1, norm2 and the final norm
+    _, meta = read_safetensors(out)
+    assert meta["folded"] is True and meta["folded_norms"] == 3 and meta["unfolded_norms"] == {}
+    _, deploy_meta = read_safetensors(trained / "deploy.safetensors")  # what train itself wrote
+    assert deploy_meta["folded"] is True and deploy_meta["folded_norms"] == 3
+
+
+@pytest.mark.parametrize("option", [["--opt", "nonsense"], ["--sched", "nonsense"]])
+def test_failed_start_leaves_no_run_folder(tmp_path, capsys, option):
+    """These fail once the model is built (after the run folder was once created): nothing is left."""
+    out = tmp_path / "runs" / "x"
+    assert cli_main(["train", *_argv({**TINY, "output": str(out)}), *option]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

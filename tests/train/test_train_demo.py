@@ -52,3 +52,9 @@ def test_demo_steps_can_be_extended(tmp_path):
     )
     assert seen["deploy"].is_file() and "export" in state.timings
     assert "[demo]   extra fact: 1" in lines
+
+
+def test_bad_training_key_leaves_no_demo_folder(tmp_path, capsys):
+    assert cli_main(["demo", "--output", str(tmp_path / "demo"), "--set", "epochz=1"]) == 2
+    assert "unknown config key 'epochz'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
