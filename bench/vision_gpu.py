@@ -138,6 +138,24 @@ def model_runner(model, fused: str, amp, mode: str, device):
     return Timed(replay, device)
 
 
+def group_runners(slab, softmax, amp, mode: str, device) -> dict[str, Timed]:
+    """The three models a group compares, in `mode`: "slab" (the fused SLA kernel; the CPU has none, so its
+    reference op runs), "slab_unfused" (the same model in the MatMul form) and "timm"."""
+    fused_mode = "auto" if device.type == "cuda" else "always"
+    return {
+        "slab": model_runner(slab, fused_mode, amp, mode, device),
+        "slab_unfused": model_runner(slab, "never", amp, mode, device),
+        "timm": model_runner(softmax, "never", amp, mode, device),
+    }
+
+
+def autocast_for(dtype_name: str, device):
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def fused_kernel_launches(runner, feed) -> int:
     """slab_sla_* kernels one forward launches (torch.profiler; CUDA only)."""
     import torch
@@ -154,15 +172,8 @@ def time_group(
 
     from slab_edge.runtime.benchmark import time_interleaved
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
-    amp = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
     slab, softmax = build_pair(family, size, args.smoke, device)
-    fused_mode = "auto" if device.type == "cuda" else "always"  # the CPU has no kernel: its reference op runs
-    runners = {
-        "slab": model_runner(slab, fused_mode, amp, mode, device),
-        "slab_unfused": model_runner(slab, "never", amp, mode, device),
-        "timm": model_runner(softmax, "never", amp, mode, device),
-    }
+    runners = group_runners(slab, softmax, autocast_for(dtype_name, device), mode, device)
     gen = torch.Generator().manual_seed(0)
     feed = {"x": torch.randn(batch, 3, size, size, generator=gen).to(device)}
     t0 = time.perf_counter()
@@ -231,14 +242,8 @@ def profile_group(
     after a warm-up): GPU time well below wall time means the host, not the GPU, sets the pace."""
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
-    amp = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
     slab, softmax = build_pair(family, size, args.smoke, device)
-    runners = {
-        "slab": model_runner(slab, "auto" if device.type == "cuda" else "always", amp, mode, device),
-        "slab_unfused": model_runner(slab, "never", amp, mode, device),
-        "timm": model_runner(softmax, "never", amp, mode, device),
-    }
+    runners = group_runners(slab, softmax, autocast_for(dtype_name, device), mode, device)
     feed = {"x": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)}
     row: dict[str, Any] = {
         "family": family,
